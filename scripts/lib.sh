@@ -1,0 +1,47 @@
+# Shared helpers for flashcart's set-up scripts: say what we do, install only what is missing.
+# Sourced by scripts/test.sh and scripts/up.sh; not meant to be run on its own.
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" = 0 ]; then
+        say "apt-get update (once, to install: $*)"
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    say "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_wasm_target() {
+    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+        say "installing the Rust target wasm32-wasip2 (rustup target add)"
+        rustup target add wasm32-wasip2
+    fi
+}
+
+ensure_redis() {
+    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+        apt_install redis-server redis-tools
+        # Debian starts a system service on install; flashcart never uses it.
+    fi
+    say "using $(redis-server --version | cut -d' ' -f1-3)"
+}
+
+ensure_postgres() {
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+        apt_install postgresql
+    fi
+}
+
+setup_cargo_target() {
+    # One target dir outside the clone, reused across runs and clones: never build one thing twice.
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flashcart/target}"
+    mkdir -p "$CARGO_TARGET_DIR"
+    say "cargo target dir: $CARGO_TARGET_DIR"
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# flashcart's whole test suite, on a fresh Debian machine with only Rust installed.
+# Installs what is missing (wasm32-wasip2 target, redis-server, PostgreSQL), then runs
+# format and lint checks, a build without dev-dependencies, every test, and the wasm build
+# of the domain core. Tests start their own private servers; nothing on default ports is used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_wasm_target
+ensure_redis
+ensure_postgres
+setup_cargo_target
+
+say "cargo fmt --check"
+cargo fmt --all --check
+
+say "build without dev-dependencies (catches features only tests turn on)"
+cargo build --workspace --locked
+
+say "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "domain core for wasm32-wasip2"
+cargo build -p flashcart-core --target wasm32-wasip2 --locked
+
+say "cargo test (real redis-server and PostgreSQL, started privately by the tests)"
+cargo test --workspace --locked
+
+say "all checks passed"

@@ -1,0 +1,373 @@
+//! Validated identifiers and quantities: every value that reaches Redis passes through here.
+//!
+//! Each type checks length and charset once, at the edge of the system, so the rest of the
+//! code (and every Redis key built from these values) can rely on them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::Partition;
+
+/// Why an input was refused. `field` names the offending input as the HTTP contract does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValidationError {
+    /// The input field, e.g. `sku` or `Idempotency-Key`.
+    pub field: &'static str,
+    /// A human-readable reason, safe to show to the caller.
+    pub reason: String,
+}
+
+impl ValidationError {
+    /// A validation error for `field`.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}
+
+fn check(
+    field: &'static str,
+    value: &str,
+    max_len: usize,
+    allowed: impl Fn(char) -> bool,
+    charset: &str,
+) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if value.len() > max_len {
+        return Err(ValidationError::new(field, format!("must be at most {max_len} bytes")));
+    }
+    if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
+        return Err(ValidationError::new(
+            field,
+            format!("contains {bad:?}; allowed characters are {charset}"),
+        ));
+    }
+    Ok(())
+}
+
+fn id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $allowed:expr, $charset:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The longest accepted value, in bytes.
+            pub const MAX_LEN: usize = $max;
+
+            /// Validates `value`.
+            ///
+            /// # Errors
+            /// When it is empty, longer than [`Self::MAX_LEN`] or has a character outside the charset.
+            pub fn parse(value: &str) -> Result<Self, ValidationError> {
+                check($field, value, $max, $allowed, $charset)?;
+                Ok(Self(value.to_owned()))
+            }
+
+            /// The validated text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ValidationError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                check($field, &value, $max, $allowed, $charset)?;
+                Ok(Self(value))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A stock-keeping unit: 1–64 bytes of `A-Z a-z 0-9 - _ .`.
+    SkuId, "sku", 64, id_char, "A-Z a-z 0-9 - _ ."
+);
+string_id!(
+    /// A buyer: 1–128 bytes of `A-Z a-z 0-9 - _ . : @`.
+    BuyerId, "buyer", 128, |c: char| id_char(c) || matches!(c, ':' | '@'), "A-Z a-z 0-9 - _ . : @"
+);
+string_id!(
+    /// An `Idempotency-Key` header value: 1–255 bytes of visible ASCII (`!` to `~`).
+    IdempotencyKey, "Idempotency-Key", 255, |c: char| c.is_ascii_graphic(), "visible ASCII"
+);
+string_id!(
+    /// A payment provider's event id: 1–255 bytes of `A-Z a-z 0-9 - _ . :`.
+    PspEventId, "event_id", 255, |c: char| id_char(c) || c == ':', "A-Z a-z 0-9 - _ . :"
+);
+
+/// An ISO 4217 currency code: three upper-case letters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency(String);
+
+impl Currency {
+    /// Validates a currency code.
+    ///
+    /// # Errors
+    /// Unless it is exactly three ASCII upper-case letters.
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        if value.len() == 3 && value.chars().all(|c| c.is_ascii_uppercase()) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ValidationError::new("currency", "must be three upper-case letters (ISO 4217)"))
+        }
+    }
+
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = ValidationError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Currency> for String {
+    fn from(value: Currency) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Units asked for in one reserve call: 1 to [`Quantity::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u32")]
+pub struct Quantity(u32);
+
+impl Quantity {
+    /// The most units one call may reserve; larger asks are refused, not split.
+    pub const MAX: u32 = 100;
+
+    /// Validates a quantity.
+    ///
+    /// # Errors
+    /// When it is 0 or above [`Quantity::MAX`].
+    pub fn new(value: u64) -> Result<Self, ValidationError> {
+        match u32::try_from(value) {
+            Ok(v) if (1..=Self::MAX).contains(&v) => Ok(Self(v)),
+            _ => Err(ValidationError::new(
+                "quantity",
+                format!("must be between 1 and {}", Self::MAX),
+            )),
+        }
+    }
+
+    /// The number of units.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u64> for Quantity {
+    type Error = ValidationError;
+    fn try_from(value: u64) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<Quantity> for u32 {
+    fn from(value: Quantity) -> u32 {
+        value.0
+    }
+}
+
+/// The token shared by a reservation and the order made from it: 16 hex digits derived from
+/// the buyer and the idempotency key, so a retried reserve names the same reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HoldToken(String);
+
+impl HoldToken {
+    /// Derives the token of a reserve request.
+    pub fn derive(buyer: &BuyerId, key: &IdempotencyKey) -> Self {
+        let digest = crate::digest(&[b"hold", buyer.as_str().as_bytes(), key.as_str().as_bytes()]);
+        Self(hex::encode(&digest[..8]))
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        (value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .then(|| Self(value.to_owned()))
+    }
+
+    /// The token's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! placed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name {
+            partition: Partition,
+            token: HoldToken,
+        }
+
+        impl $name {
+            /// The id of the record in `partition` for `token`.
+            pub fn new(partition: Partition, token: HoldToken) -> Self {
+                Self { partition, token }
+            }
+
+            /// Parses `
+            #[doc = $prefix]
+            /// _<partition>_<16 hex>`.
+            ///
+            /// # Errors
+            /// When the text is not of that form.
+            pub fn parse(value: &str) -> Result<Self, ValidationError> {
+                let bad = || ValidationError::new($field, concat!("must look like ", $prefix, "_07_0123456789abcdef"));
+                let rest = value.strip_prefix(concat!($prefix, "_")).ok_or_else(bad)?;
+                let (part, token) = rest.split_once('_').ok_or_else(bad)?;
+                if part.is_empty() || part.len() > 4 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                let partition = Partition::new(part.parse().map_err(|_| bad())?);
+                let token = HoldToken::parse(token).ok_or_else(bad)?;
+                Ok(Self { partition, token })
+            }
+
+            /// The partition that holds the record.
+            pub fn partition(&self) -> Partition {
+                self.partition
+            }
+
+            /// The hold token shared with the reservation or order.
+            pub fn token(&self) -> &HoldToken {
+                &self.token
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ValidationError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(&value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.to_string()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "_{:02}_{}"), self.partition.index(), self.token.as_str())
+            }
+        }
+    };
+}
+
+placed_id!(
+    /// A reservation: `rsv_<partition>_<token>`; the partition is where its stock lives.
+    ReservationId, "rsv", "reservation_id"
+);
+placed_id!(
+    /// An order: `ord_<partition>_<token>`; made from the reservation with the same token.
+    OrderId, "ord", "order_id"
+);
+
+impl ReservationId {
+    /// The id of the order made from this reservation (same partition, same token).
+    pub fn order_id(&self) -> OrderId {
+        OrderId::new(self.partition, self.token.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sku_accepts_bounded_charset() {
+        assert!(SkuId::parse("sneaker-42_EU.9").is_ok());
+        assert_eq!(SkuId::parse("").unwrap_err().reason, "must not be empty");
+        assert!(SkuId::parse(&"a".repeat(64)).is_ok());
+        assert!(SkuId::parse(&"a".repeat(65)).is_err());
+        assert!(SkuId::parse("a b").is_err());
+        assert!(SkuId::parse("a{b}").is_err());
+        assert!(SkuId::parse("é").is_err());
+    }
+
+    #[test]
+    fn idempotency_key_is_visible_ascii_up_to_255() {
+        assert!(IdempotencyKey::parse("8e03978e-40d5-43e8-bc93-6894a57f9324").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse("").is_err());
+    }
+
+    #[test]
+    fn quantity_bounds() {
+        assert!(Quantity::new(0).is_err());
+        assert_eq!(Quantity::new(1).map(Quantity::get), Ok(1));
+        assert!(Quantity::new(u64::from(Quantity::MAX)).is_ok());
+        assert!(Quantity::new(u64::from(Quantity::MAX) + 1).is_err());
+        assert!(Quantity::new(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn placed_ids_round_trip_and_reject_garbage() {
+        let buyer = BuyerId::parse("alice").unwrap();
+        let key = IdempotencyKey::parse("k1").unwrap();
+        let id = ReservationId::new(Partition::new(7), HoldToken::derive(&buyer, &key));
+        let text = id.to_string();
+        assert!(text.starts_with("rsv_07_"), "{text}");
+        assert_eq!(ReservationId::parse(&text), Ok(id.clone()));
+        assert_eq!(id.order_id().to_string(), text.replacen("rsv", "ord", 1));
+        for bad in ["", "rsv_07", "rsv__0123456789abcdef", "ord_07_0123456789abcdef",
+            "rsv_07_0123456789ABCDEF", "rsv_x7_0123456789abcdef", "rsv_07_0123"] {
+            assert!(ReservationId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hold_token_depends_on_buyer_and_key() {
+        let a = BuyerId::parse("a").unwrap();
+        let b = BuyerId::parse("b").unwrap();
+        let k = IdempotencyKey::parse("k").unwrap();
+        assert_eq!(HoldToken::derive(&a, &k), HoldToken::derive(&a, &k));
+        assert_ne!(HoldToken::derive(&a, &k), HoldToken::derive(&b, &k));
+    }
+
+    #[test]
+    fn currency() {
+        assert!(Currency::parse("EUR").is_ok());
+        assert!(Currency::parse("eur").is_err());
+        assert!(Currency::parse("EURO").is_err());
+    }
+}

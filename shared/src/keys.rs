@@ -1,0 +1,249 @@
+//! The key schema: which Redis keys hold what, and which partition (hash tag) they live in.
+//!
+//! Every key starts with its partition's hash tag, `{fc:p07}`, so everything one atomic call
+//! touches is in one Redis Cluster slot. A SKU's segment `i` lives in partition
+//! `(home(sku) + i) mod P`; a buyer's idempotency records and purchase counters live in the
+//! buyer's home partition.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BuyerId, HoldToken, IdempotencyKey, OrderId, PspEventId, ReservationId, SkuId};
+
+/// One partition: a Redis Cluster hash tag and the stream of events decided in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Partition(u16);
+
+impl Partition {
+    /// Partition number `index`.
+    pub const fn new(index: u16) -> Self {
+        Self(index)
+    }
+
+    /// The partition's number.
+    pub const fn index(self) -> u16 {
+        self.0
+    }
+
+    /// The hash tag every key of this partition starts with, e.g. `{fc:p07}`.
+    pub fn tag(self) -> String {
+        format!("{{fc:p{:02}}}", self.0)
+    }
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p{:02}", self.0)
+    }
+}
+
+/// Why a key schema could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("partitions must be between 1 and {max}, got {got}", max = KeySchema::MAX_PARTITIONS)]
+pub struct PartitionCountError {
+    got: u32,
+}
+
+/// The partition count and the key names derived from it. Every process that talks to one
+/// Redis deployment must use the same partition count; it is stored with each SKU and
+/// checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySchema {
+    partitions: u16,
+}
+
+impl Default for KeySchema {
+    fn default() -> Self {
+        Self { partitions: Self::DEFAULT_PARTITIONS }
+    }
+}
+
+/// A stable 64-bit hash of `parts` (SHA-256 prefix): the same on every platform and in wasm.
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let digest = crate::digest(parts);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+impl KeySchema {
+    /// 16 partitions: enough to spread over a few cluster masters, few enough that a
+    /// per-partition sweep (stock read, timers) stays cheap.
+    pub const DEFAULT_PARTITIONS: u16 = 16;
+    /// Upper bound on partitions.
+    pub const MAX_PARTITIONS: u16 = 1024;
+
+    /// A schema with `partitions` partitions.
+    ///
+    /// # Errors
+    /// When `partitions` is 0 or above [`KeySchema::MAX_PARTITIONS`].
+    pub fn new(partitions: u32) -> Result<Self, PartitionCountError> {
+        match u16::try_from(partitions) {
+            Ok(p) if (1..=Self::MAX_PARTITIONS).contains(&p) => Ok(Self { partitions: p }),
+            _ => Err(PartitionCountError { got: partitions }),
+        }
+    }
+
+    /// The partition count.
+    pub fn partition_count(&self) -> u16 {
+        self.partitions
+    }
+
+    /// Every partition, in order.
+    pub fn partitions(&self) -> impl Iterator<Item = Partition> + use<> {
+        (0..self.partitions).map(Partition)
+    }
+
+    /// Whether `p` belongs to this schema.
+    pub fn contains(&self, p: Partition) -> bool {
+        p.0 < self.partitions
+    }
+
+    /// The SKU's home partition: where segment 0 lives.
+    pub fn home_of_sku(&self, sku: &SkuId) -> Partition {
+        Partition((stable_hash(&[b"sku", sku.as_str().as_bytes()]) % u64::from(self.partitions)) as u16)
+    }
+
+    /// The buyer's home partition: idempotency records and purchase counters.
+    pub fn home_of_buyer(&self, buyer: &BuyerId) -> Partition {
+        Partition(
+            (stable_hash(&[b"buyer", buyer.as_str().as_bytes()]) % u64::from(self.partitions)) as u16,
+        )
+    }
+
+    /// The partition of the SKU's segment `segment`.
+    pub fn segment_partition(&self, sku: &SkuId, segment: u16) -> Partition {
+        let home = u32::from(self.home_of_sku(sku).0);
+        Partition(((home + u32::from(segment)) % u32::from(self.partitions)) as u16)
+    }
+
+    /// The distinct partitions holding the SKU's `segments` segments, in segment order.
+    pub fn sku_partitions(&self, sku: &SkuId, segments: u16) -> Vec<Partition> {
+        let count = segments.min(self.partitions);
+        (0..count).map(|s| self.segment_partition(sku, s)).collect()
+    }
+
+    /// The order in which a reserve that found its first partition short visits the others:
+    /// the SKU's partitions after `first`, wrapping, without `first`. Deterministic, so a
+    /// resumed reserve visits them in the same order.
+    pub fn fallback_order(&self, sku: &SkuId, segments: u16, first: Partition) -> Vec<Partition> {
+        let all = self.sku_partitions(sku, segments);
+        let start = all.iter().position(|p| *p == first).map_or(0, |i| i + 1);
+        all.iter().cycle().skip(start).take(all.len()).copied().filter(|p| *p != first).collect()
+    }
+
+    /// The SKU's configuration copy and its segment levels in partition `p` (one hash).
+    pub fn sku(&self, p: Partition, sku: &SkuId) -> String {
+        format!("{}:sku:{}", p.tag(), sku)
+    }
+
+    /// A reservation record (or its "visited, nothing here" marker, see [`Self::skip`]).
+    pub fn reservation(&self, id: &ReservationId) -> String {
+        format!("{}:rsv:{}", id.partition().tag(), id.token().as_str())
+    }
+
+    /// Marks that a reserve with this token found partition `p` short, so a resumed reserve
+    /// never takes stock there later.
+    pub fn skip(&self, p: Partition, token: &HoldToken) -> String {
+        format!("{}:skip:{}", p.tag(), token.as_str())
+    }
+
+    /// An order record.
+    pub fn order(&self, id: &OrderId) -> String {
+        format!("{}:ord:{}", id.partition().tag(), id.token().as_str())
+    }
+
+    /// A buyer's idempotency record for one operation, in partition `p`.
+    pub fn idempotency(&self, p: Partition, op: &str, buyer: &BuyerId, key: &IdempotencyKey) -> String {
+        format!("{}:idem:{op}:{}:{}", p.tag(), buyer, key)
+    }
+
+    /// A buyer's purchase counter for a SKU (in the buyer's home partition).
+    pub fn purchase_count(&self, sku: &SkuId, buyer: &BuyerId) -> String {
+        format!("{}:lim:{}:{}", self.home_of_buyer(buyer).tag(), sku, buyer)
+    }
+
+    /// A payment provider event's dedupe record, in the order's partition.
+    pub fn psp_event(&self, p: Partition, event: &PspEventId) -> String {
+        format!("{}:psp:{}", p.tag(), event)
+    }
+
+    /// The partition's event stream: the outbox, appended in the same call as each decision.
+    pub fn events(&self, p: Partition) -> String {
+        format!("{}:events", p.tag())
+    }
+
+    /// Reservations by expiry time (sorted set), for the settlement timers.
+    pub fn expiries(&self, p: Partition) -> String {
+        format!("{}:expiries", p.tag())
+    }
+
+    /// Orders by payment deadline (sorted set), for the settlement timers.
+    pub fn deadlines(&self, p: Partition) -> String {
+        format!("{}:deadlines", p.tag())
+    }
+
+    /// A token bucket for rate limiting, in partition `p`.
+    pub fn rate_bucket(&self, p: Partition, name: &str) -> String {
+        format!("{}:rate:{name}", p.tag())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sku(s: &str) -> SkuId {
+        SkuId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn tags_are_hash_tags() {
+        assert_eq!(Partition::new(7).tag(), "{fc:p07}");
+        assert_eq!(Partition::new(123).tag(), "{fc:p123}");
+        let schema = KeySchema::default();
+        assert!(schema.sku(Partition::new(3), &sku("a")).starts_with("{fc:p03}:"));
+    }
+
+    #[test]
+    fn partition_count_bounds() {
+        assert!(KeySchema::new(0).is_err());
+        assert!(KeySchema::new(1).is_ok());
+        assert!(KeySchema::new(1024).is_ok());
+        assert!(KeySchema::new(1025).is_err());
+    }
+
+    #[test]
+    fn segments_spread_over_distinct_partitions() {
+        let schema = KeySchema::default();
+        let parts = schema.sku_partitions(&sku("drop-1"), 16);
+        let mut distinct = parts.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 16);
+        assert_eq!(parts[0], schema.home_of_sku(&sku("drop-1")));
+    }
+
+    #[test]
+    fn fallback_order_visits_every_other_partition_once() {
+        let schema = KeySchema::default();
+        let s = sku("drop-1");
+        let all = schema.sku_partitions(&s, 5);
+        let order = schema.fallback_order(&s, 5, all[2]);
+        assert_eq!(order, vec![all[3], all[4], all[0], all[1]]);
+        // A first partition that holds no segment: visit all of them, in segment order.
+        let outside = schema.partitions().find(|p| !all.contains(p)).unwrap();
+        assert_eq!(schema.fallback_order(&s, 5, outside), all);
+    }
+
+    #[test]
+    fn buyers_spread_over_partitions() {
+        let schema = KeySchema::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            seen.insert(schema.home_of_buyer(&BuyerId::parse(&format!("b{i}")).unwrap()));
+        }
+        assert_eq!(seen.len(), 16);
+    }
+}
