@@ -323,6 +323,30 @@ pub struct RateLimit {
     pub refill_per_second: u64,
 }
 
+/// What the first step of a reserve decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HomeStep {
+    /// Done: reserved at home, or a replay of an earlier decision.
+    Decided(Reservation),
+    /// The home partition is short: look in the SKU's other partitions (the buyer's limit is
+    /// held meanwhile). Also the answer to a retry of a reserve that stopped midway.
+    LookElsewhere {
+        /// The SKU's segment count, to list its partitions.
+        segments: u16,
+    },
+}
+
+/// What one partition of a fallback search answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Search {
+    /// Reserved there (or reserved there before, for this token).
+    Found(Reservation),
+    /// Some units there, fewer than asked.
+    Insufficient,
+    /// None there.
+    SoldOut,
+}
+
 /// A function's flat reply: `code`, `replayed`, then fields.
 struct Reply {
     code: String,
@@ -514,10 +538,34 @@ impl<E: RedisExecutor> Inventory<E> {
     /// The rejections of the deduct contract: sold out, insufficient, limit reached, unknown
     /// SKU, not on sale, sale ended, idempotency mismatch or in flight, unavailable.
     pub async fn reserve(&self, req: &ReserveRequest, now: Now) -> Result<Reservation> {
+        let segments = match self.reserve_at_home(req, now).await? {
+            HomeStep::Decided(reservation) => return Ok(reservation),
+            HomeStep::LookElsewhere { segments } => segments,
+        };
+        let home = self.schema.home_of_buyer(&req.buyer);
+        let mut search = Search::SoldOut;
+        for p in self.schema.fallback_order(&req.sku, segments, home) {
+            match self.reserve_in(req, p, now).await? {
+                found @ Search::Found(_) => {
+                    search = found;
+                    break;
+                }
+                Search::Insufficient => search = Search::Insufficient,
+                Search::SoldOut => {}
+            }
+        }
+        self.reserve_finish(req, &search).await
+    }
+
+    /// Step 1 of a reserve, in the buyer's home partition: idempotency, sale window, limit,
+    /// and the local segments, in one call. Exposed so tests can stop a reserve midway.
+    ///
+    /// # Errors
+    /// As [`Self::reserve`].
+    pub async fn reserve_at_home(&self, req: &ReserveRequest, now: Now) -> Result<HomeStep> {
         let home = self.schema.home_of_buyer(&req.buyer);
         let token = HoldToken::derive(&req.buyer, &req.key);
-        let rid = ReservationId::new(home, token.clone(), req.sku.clone());
-        let affinity = affinity_of(&req.buyer);
+        let rid = ReservationId::new(home, token, req.sku.clone());
         let reply = self
             .fcall(
                 "fc_reserve",
@@ -538,77 +586,88 @@ impl<E: RedisExecutor> Inventory<E> {
                     rid.to_string(),
                     self.settings.idempotency_ttl_ms.to_string(),
                     self.settings.fallback_lease_ms.to_string(),
-                    affinity.to_string(),
+                    affinity_of(&req.buyer).to_string(),
                 ],
             )
             .await?;
         match reply.code.as_str() {
-            "fallback" | "resume" => {
-                let segments = u16::try_from(reply.uint(0)?).map_err(|_| reply.unexpected())?;
-                self.reserve_elsewhere(req, home, &token, segments, affinity, now)
-                    .await
-            }
-            _ => reservation_from(&reply),
+            "fallback" | "resume" => Ok(HomeStep::LookElsewhere {
+                segments: u16::try_from(reply.uint(0)?).map_err(|_| reply.unexpected())?,
+            }),
+            _ => reservation_from(&reply).map(HomeStep::Decided),
         }
     }
 
-    /// The fallback: visit the SKU's other partitions in order, then close in `home`.
-    async fn reserve_elsewhere(
+    /// Step 2 of a reserve whose home was short: try partition `p`. The outcome for this
+    /// request's token in `p` is final, so repeating the step answers the same.
+    ///
+    /// # Errors
+    /// Unavailable.
+    pub async fn reserve_in(&self, req: &ReserveRequest, p: Partition, now: Now) -> Result<Search> {
+        let token = HoldToken::derive(&req.buyer, &req.key);
+        let rid = ReservationId::new(p, token.clone(), req.sku.clone());
+        let reply = self
+            .fcall(
+                "fc_reserve_at",
+                vec![
+                    self.schema.sku(p, &req.sku),
+                    self.schema.reservation(&rid),
+                    self.schema.skip(p, &token),
+                    self.schema.events(p),
+                    self.schema.expiries(p),
+                ],
+                vec![
+                    req.sku.to_string(),
+                    req.buyer.to_string(),
+                    req.quantity.get().to_string(),
+                    now.arg(),
+                    rid.to_string(),
+                    self.settings.idempotency_ttl_ms.to_string(),
+                    affinity_of(&req.buyer).to_string(),
+                ],
+            )
+            .await?;
+        match reply.code.as_str() {
+            "ok" => reservation_from(&reply).map(Search::Found),
+            "insufficient" => Ok(Search::Insufficient),
+            // A partition not loaded yet (a load under way) has nothing to give.
+            "sold_out" | "unknown_sku" => Ok(Search::SoldOut),
+            _ => Err(reply.unexpected()),
+        }
+    }
+
+    /// Step 3: record the search's outcome in the buyer's home partition (a failed search
+    /// gives the held limit back). The first finish decides; later ones replay it.
+    ///
+    /// # Errors
+    /// As [`Self::reserve`].
+    pub async fn reserve_finish(
         &self,
         req: &ReserveRequest,
-        home: Partition,
-        token: &HoldToken,
-        segments: u16,
-        affinity: u32,
-        now: Now,
+        search: &Search,
     ) -> Result<Reservation> {
-        let mut found = None;
-        let mut short = "sold_out";
-        for p in self.schema.fallback_order(&req.sku, segments, home) {
-            let rid = ReservationId::new(p, token.clone(), req.sku.clone());
-            let reply = self
-                .fcall(
-                    "fc_reserve_at",
-                    vec![
-                        self.schema.sku(p, &req.sku),
-                        self.schema.reservation(&rid),
-                        self.schema.skip(p, token),
-                        self.schema.events(p),
-                        self.schema.expiries(p),
-                    ],
-                    vec![
-                        req.sku.to_string(),
-                        req.buyer.to_string(),
-                        req.quantity.get().to_string(),
-                        now.arg(),
-                        rid.to_string(),
-                        self.settings.idempotency_ttl_ms.to_string(),
-                        affinity.to_string(),
-                    ],
-                )
-                .await?;
-            match reply.code.as_str() {
-                "ok" => {
-                    found = Some((rid, reply.uint(1)?, reply.uint(2)?));
-                    break;
-                }
-                "insufficient" => short = "insufficient",
-                // A partition not loaded (a load still under way) has nothing to give.
-                "sold_out" | "unknown_sku" => {}
-                _ => return Err(reply.unexpected()),
-            }
-        }
-        let args = match &found {
-            Some((rid, seg, exp)) => vec![
+        let home = self.schema.home_of_buyer(&req.buyer);
+        let mut args = match search {
+            Search::Found(r) => vec![
                 "ok".into(),
-                rid.to_string(),
-                seg.to_string(),
-                exp.to_string(),
+                r.id.to_string(),
+                r.segment.to_string(),
+                r.expires_at.to_string(),
             ],
-            None => vec![short.into(), String::new(), String::new(), String::new()],
+            Search::Insufficient => vec![
+                "insufficient".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
+            Search::SoldOut => vec![
+                "sold_out".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
         };
-        let mut all = args;
-        all.push(self.settings.idempotency_ttl_ms.to_string());
+        args.push(self.settings.idempotency_ttl_ms.to_string());
         let reply = self
             .fcall(
                 "fc_reserve_finish",
@@ -616,7 +675,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.idempotency(home, "rsv", &req.buyer, &req.key),
                     self.schema.purchase_count(&req.sku, &req.buyer),
                 ],
-                all,
+                args,
             )
             .await?;
         reservation_from(&reply)
