@@ -344,33 +344,9 @@ async fn every_problem_type_of_the_contract() {
         "inventory-unavailable",
     );
 
-    let all: BTreeSet<String> = [
-        "invalid-request",
-        "idempotency-key-missing",
-        "idempotency-key-reused",
-        "idempotency-key-in-flight",
-        "unknown-sku",
-        "not-on-sale",
-        "sale-ended",
-        "sold-out",
-        "insufficient-stock",
-        "purchase-limit-reached",
-        "unknown-reservation",
-        "reservation-gone",
-        "reservation-already-ordered",
-        "unknown-order",
-        "sku-conflict",
-        "rate-limited",
-        "unauthorized",
-        "invalid-signature",
-        "payload-too-large",
-        "unsupported-media-type",
-        "not-found",
-        "method-not-allowed",
-        "inventory-unavailable",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let all: BTreeSet<String> = crate::support::PROBLEM_TYPES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     assert_eq!(seen, all);
 }

@@ -4,5 +4,6 @@
 
 mod contract;
 mod flash_sale;
+mod openapi;
 mod signatures;
 mod support;

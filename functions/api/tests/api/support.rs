@@ -156,3 +156,31 @@ pub(crate) fn command_calls(redis: &RedisServer) -> HashMap<String, u64> {
         })
         .collect()
 }
+
+/// Every problem type the edge contract emits; the contract test sees each, and
+/// `docs/openapi.json` lists exactly these.
+pub(crate) const PROBLEM_TYPES: [&str; 23] = [
+    "invalid-request",
+    "idempotency-key-missing",
+    "idempotency-key-reused",
+    "idempotency-key-in-flight",
+    "unknown-sku",
+    "not-on-sale",
+    "sale-ended",
+    "sold-out",
+    "insufficient-stock",
+    "purchase-limit-reached",
+    "unknown-reservation",
+    "reservation-gone",
+    "reservation-already-ordered",
+    "unknown-order",
+    "sku-conflict",
+    "rate-limited",
+    "unauthorized",
+    "invalid-signature",
+    "payload-too-large",
+    "unsupported-media-type",
+    "not-found",
+    "method-not-allowed",
+    "inventory-unavailable",
+];
