@@ -24,6 +24,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "domain core for wasm32-wasip2"
 cargo build -p flashcart-core --target wasm32-wasip2 --locked
 
+say "edge host test components (wasm32-wasip2; the host's tests load them)"
+./scripts/build-test-components.sh
+
 say "cargo test (real redis-server and PostgreSQL, started privately by the tests)"
 cargo test --workspace --locked
 
