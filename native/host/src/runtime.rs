@@ -166,8 +166,13 @@ impl Runtime {
                 path: dir.clone(),
                 message: e.to_string(),
             })?;
+            // wasmtime's cache wants an absolute directory; operators give relative ones.
+            let dir = std::path::absolute(dir).map_err(|e| RuntimeError::Cache {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?;
             let mut cache = wasmtime::CacheConfig::new();
-            cache.with_directory(dir);
+            cache.with_directory(&dir);
             let cache = wasmtime::Cache::new(cache).map_err(|e| RuntimeError::Cache {
                 path: dir.clone(),
                 message: format!("{e:#}"),

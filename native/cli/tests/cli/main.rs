@@ -41,7 +41,7 @@ fn get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn start_up(dir: &tempfile::TempDir) -> (Child, SocketAddr) {
+fn start_up(dir: &tempfile::TempDir, extra: &[&str]) -> (Child, SocketAddr) {
     let manifest = dir.path().join("spin.toml");
     std::fs::write(
         &manifest,
@@ -61,6 +61,7 @@ fn start_up(dir: &tempfile::TempDir) -> (Child, SocketAddr) {
         .arg(&manifest)
         .args(["--listen", &address.to_string(), "--cache-dir"])
         .arg(dir.path().join("cache"))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -110,10 +111,19 @@ fn stop_with(mut child: Child, signal: &str) -> String {
 #[test]
 fn up_serves_and_stops_cleanly_on_ctrl_c() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (child, address) = start_up(&dir);
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
+    let (child, address) = start_up(&dir, &["--metrics-listen", &metrics.to_string()]);
     let (status, body) = get(address, "/anything").expect("answer");
     assert_eq!(status, 200);
     assert!(body.starts_with("hello from flashcart"), "{body}");
+    let (status, body) = get(metrics, "/metrics").expect("metrics answer");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("flashcart_requests_total{component=\"hello\",status=\"200\"} 1"),
+        "{body}"
+    );
     let stderr = stop_with(child, "-INT");
     assert!(stderr.contains("Ctrl-C: stopping"), "{stderr}");
     assert!(stderr.contains("stopped"), "{stderr}");
@@ -122,7 +132,7 @@ fn up_serves_and_stops_cleanly_on_ctrl_c() {
 #[test]
 fn up_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (child, address) = start_up(&dir);
+    let (child, address) = start_up(&dir, &[]);
     assert_eq!(get(address, "/").map(|r| r.0), Some(200));
     let stderr = stop_with(child, "-TERM");
     assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
