@@ -16,7 +16,7 @@ say "cargo fmt --check"
 cargo fmt --all --check
 
 say "build without dev-dependencies (catches features only tests turn on)"
-cargo build --workspace --locked
+cargo build --locked
 
 say "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -27,8 +27,10 @@ cargo build -p flashcart-core --target wasm32-wasip2 --locked
 say "edge components for wasm32-wasip2 (release, into build/, as spin.toml expects)"
 ./scripts/build-component.sh flashcart-fn-stock-check flashcart-fn-deduct flashcart-fn-order-create \
     flashcart-fn-payment-callback flashcart-fn-admin
+say "edge host test components (wasm32-wasip2; the host's tests load them)"
+./scripts/build-test-components.sh
 
 say "cargo test (real redis-server and PostgreSQL, started privately by the tests)"
-cargo test --workspace --locked
+cargo test --locked
 
 say "all checks passed"

@@ -135,9 +135,18 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("reserve/PING throughput ratio: {:.2}", rate / ping_rate);
     // Server-side cost, independent of client load: Redis's own per-call time.
-    let stats = invs[0].executor().execute("INFO", vec!["commandstats".into()]).await?;
-    let text: String = stats.iter().filter_map(flashcart_core::Value::text).collect();
-    for line in text.lines().filter(|l| l.starts_with("cmdstat_fcall:") || l.starts_with("cmdstat_ping:")) {
+    let stats = invs[0]
+        .executor()
+        .execute("INFO", vec!["commandstats".into()])
+        .await?;
+    let text: String = stats
+        .iter()
+        .filter_map(flashcart_core::Value::text)
+        .collect();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_fcall:") || l.starts_with("cmdstat_ping:"))
+    {
         println!("server {line}");
     }
     Ok(())

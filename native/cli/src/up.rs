@@ -1,0 +1,158 @@
+//! `flashcart up`: load a Spin manifest and serve it until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use flashcart_host::variables::Providers;
+use flashcart_host::{Allocator, App, AppConfig, RuntimeConfig};
+
+/// Arguments of `flashcart up` (in the spirit of `spin up`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The application manifest.
+    #[arg(
+        long = "from",
+        short = 'f',
+        default_value = "spin.toml",
+        env = "FLASHCART_MANIFEST"
+    )]
+    manifest: PathBuf,
+    /// Address to serve the application on.
+    #[arg(long, default_value = "127.0.0.1:3000", env = "FLASHCART_LISTEN")]
+    listen: SocketAddr,
+    /// Runtime config file (key-value store, variable values).
+    #[arg(long, env = "FLASHCART_RUNTIME_CONFIG_FILE")]
+    runtime_config_file: Option<PathBuf>,
+    /// Environment variable for every component, `KEY=VALUE` (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// Application variable value, `name=value`; wins over every other provider (repeatable).
+    #[arg(long = "variable", value_parser = key_value)]
+    variables: Vec<(String, String)>,
+    /// Directory of the compiled-code cache.
+    #[arg(long, env = "FLASHCART_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every start instead of using the compiled-code cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Instance allocator.
+    #[arg(long, value_enum, default_value_t = AllocatorArg::Pooling)]
+    allocator: AllocatorArg,
+    /// Instances that may run at once (pool size and request concurrency).
+    #[arg(long, default_value_t = 256, env = "FLASHCART_MAX_INSTANCES")]
+    max_instances: u32,
+    /// A request's deadline, e.g. `10s` or `500ms`; a component past it is stopped (504).
+    #[arg(long, default_value = "10s", value_parser = duration, env = "FLASHCART_REQUEST_TIMEOUT")]
+    request_timeout: Duration,
+    /// Largest request body in bytes; larger is answered 413.
+    #[arg(long, default_value_t = 1 << 20, env = "FLASHCART_MAX_BODY_BYTES")]
+    max_body_bytes: usize,
+    /// Also serve Prometheus `/metrics` on this (operator-only) address.
+    #[arg(long, env = "FLASHCART_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AllocatorArg {
+    Pooling,
+    OnDemand,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 10s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{s}`: use ms, s or m")),
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".flashcart"));
+    base.join("flashcart").join("compiled")
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let mut providers = Providers::from_process_env();
+    providers.cli = args.variables.into_iter().collect();
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        Some(args.cache_dir.unwrap_or_else(default_cache_dir))
+    };
+    let config = AppConfig {
+        manifest: args.manifest.clone(),
+        runtime_config: args.runtime_config_file,
+        providers,
+        env: args.env,
+        runtime: RuntimeConfig {
+            allocator: match args.allocator {
+                AllocatorArg::Pooling => Allocator::Pooling,
+                AllocatorArg::OnDemand => Allocator::OnDemand,
+            },
+            cache_dir,
+            max_instances: args.max_instances,
+            ..RuntimeConfig::default()
+        },
+        request_timeout: args.request_timeout,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
+    runtime.block_on(async move {
+        let app =
+            App::load(&config).with_context(|| format!("loading {}", config.manifest.display()))?;
+        let app = Arc::new(app);
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let metrics = match args.metrics_listen {
+            Some(address) => {
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("listening for metrics on {address}"))?;
+                let mut stop = stop_rx.clone();
+                Some(tokio::spawn(flashcart_host::run_metrics(
+                    listener,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )))
+            }
+            None => None,
+        };
+        eprintln!(
+            "flashcart: serving {} on http://{}",
+            app.name(),
+            args.listen
+        );
+        let served = flashcart_host::run(app, listener, async move {
+            crate::shutdown::signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        served.context("serving")
+    })
+}

@@ -1,0 +1,17 @@
+//! flashcart-contract: the edge contract's scenarios, written once and run two ways:
+//! in-process against the `flashcart-api` handlers, and over real HTTP through flashcart's
+//! host serving the repo's `spin.toml` with the real `.wasm` components. Both use a private
+//! `redis-server`.
+//!
+//! - [`node`]: a node under test (Redis, an inventory for set-up steps, the transport)
+//! - [`contract`]: the whole flow and every problem type
+//! - [`signatures`]: the payment callback's signature checks
+//! - [`flash_sale`]: 2 000 buyers for 50 units, then a burst that never reaches Redis
+#![deny(missing_docs)]
+
+pub mod contract;
+pub mod flash_sale;
+pub mod node;
+pub mod signatures;
+
+pub use node::{Kind, Node, NodeOptions, PROBLEM_TYPES};

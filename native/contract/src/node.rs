@@ -1,0 +1,421 @@
+//! A node under test: a private Redis, an inventory over it for set-up steps, and the edge
+//! reached in-process or over HTTP through the host.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use flashcart_api::{ApiRequest, ApiResponse, Edge, EdgeConfig, Secret};
+use flashcart_core::KeySchema;
+use flashcart_core::inventory::{RateLimit, Settings};
+use flashcart_core::signature::SigningSecret;
+use flashcart_edge_cache::{CacheConfig, Clock, KvError, KvStore};
+use flashcart_host::{App, AppConfig};
+use flashcart_inventory::{NativeInventory, RedisConn, Target};
+use flashcart_testkit::RedisServer;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+
+/// The admin token every node is configured with.
+pub const ADMIN: &str = "admin-token-for-tests";
+/// The current payment signing secret; `whsec_previous` is accepted too (rotation).
+pub const PSP_SECRET: &str = "whsec_current";
+
+/// Every problem type the edge contract emits; [`crate::contract`] sees each, and
+/// `docs/openapi.json` lists exactly these.
+pub const PROBLEM_TYPES: [&str; 23] = [
+    "invalid-request",
+    "idempotency-key-missing",
+    "idempotency-key-reused",
+    "idempotency-key-in-flight",
+    "unknown-sku",
+    "not-on-sale",
+    "sale-ended",
+    "sold-out",
+    "insufficient-stock",
+    "purchase-limit-reached",
+    "unknown-reservation",
+    "reservation-gone",
+    "reservation-already-ordered",
+    "unknown-order",
+    "sku-conflict",
+    "rate-limited",
+    "unauthorized",
+    "invalid-signature",
+    "payload-too-large",
+    "unsupported-media-type",
+    "not-found",
+    "method-not-allowed",
+    "inventory-unavailable",
+];
+
+/// How the edge is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The handlers, called directly.
+    InProcess,
+    /// HTTP to flashcart's host serving `spin.toml` with the built components.
+    Http,
+}
+
+/// Per-node settings.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeOptions {
+    /// The per-buyer token bucket (`None`: off).
+    pub rate: Option<RateLimit>,
+    /// How long the sold-out flag holds.
+    pub sold_out_ttl_ms: u64,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            rate: None,
+            sold_out_ttl_ms: 1_000,
+        }
+    }
+}
+
+/// An in-memory key-value store for in-process nodes.
+#[derive(Clone, Default)]
+struct MemoryKv(Arc<Mutex<HashMap<String, Vec<u8>>>>);
+
+impl KvStore for MemoryKv {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self
+            .0
+            .lock()
+            .map_err(|e| KvError(e.to_string()))?
+            .get(key)
+            .cloned())
+    }
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.0
+            .lock()
+            .map_err(|e| KvError(e.to_string()))?
+            .insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+    async fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.0
+            .lock()
+            .map_err(|e| KvError(e.to_string()))?
+            .remove(key);
+        Ok(())
+    }
+}
+
+/// The wall clock.
+#[derive(Clone, Copy)]
+struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+/// Now, unix ms.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+type InProcessEdge = Edge<RedisConn, MemoryKv, SystemClock>;
+
+enum Transport {
+    InProcess(InProcessEdge),
+    Http {
+        address: std::net::SocketAddr,
+        client: Client<HttpConnector, Full<Bytes>>,
+        _stop: oneshot::Sender<()>,
+    },
+}
+
+/// A node under test.
+pub struct Node {
+    redis: Option<RedisServer>,
+    /// An inventory over the node's Redis, for set-up steps a buyer cannot take.
+    pub inventory: NativeInventory,
+    transport: Transport,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where compiled components are cached between test runs (keyed by wasm and engine hash).
+fn compiled_cache() -> PathBuf {
+    flashcart_testkit::target_dir().join("flashcart-test-compiled")
+}
+
+impl Node {
+    /// Starts a private Redis and the edge over it.
+    ///
+    /// # Panics
+    /// When Redis cannot start, or (over HTTP) the components were not built.
+    pub async fn start(kind: Kind, options: NodeOptions) -> Self {
+        let redis = RedisServer::start().expect("redis-server");
+        let target = Target::Single(redis.url());
+        let inventory =
+            flashcart_inventory::open(&target, KeySchema::default(), Settings::default())
+                .await
+                .expect("inventory");
+        let transport = match kind {
+            Kind::InProcess => {
+                let conn = RedisConn::connect(&target).await.expect("connect");
+                let config = EdgeConfig {
+                    admin_token: Some(Secret::new(ADMIN)),
+                    psp_secrets: SigningSecret::list(&format!("{PSP_SECRET},whsec_previous")),
+                    buyer_rate: options.rate,
+                    ..EdgeConfig::default()
+                };
+                let cache = CacheConfig {
+                    sold_out_ttl_ms: options.sold_out_ttl_ms,
+                    ..CacheConfig::default()
+                };
+                let inv =
+                    flashcart_core::Inventory::new(conn, KeySchema::default(), Settings::default());
+                Transport::InProcess(Edge::new(
+                    inv,
+                    MemoryKv::default(),
+                    SystemClock,
+                    cache,
+                    config,
+                ))
+            }
+            Kind::Http => Self::serve_manifest(&redis, options).await,
+        };
+        Self {
+            redis: Some(redis),
+            inventory,
+            transport,
+        }
+    }
+
+    async fn serve_manifest(redis: &RedisServer, options: NodeOptions) -> Transport {
+        let root = repo_root();
+        for c in [
+            "stock_check",
+            "deduct",
+            "order_create",
+            "payment_callback",
+            "admin",
+        ] {
+            let wasm = root.join(format!("build/flashcart_fn_{c}.wasm"));
+            assert!(
+                wasm.exists(),
+                "{} is missing: build the components first (scripts/build-component.sh flashcart-fn-…, \
+                 which scripts/test.sh runs)",
+                wasm.display()
+            );
+        }
+        let mut config = AppConfig::new(root.join("spin.toml"));
+        config.runtime.cache_dir = Some(compiled_cache());
+        let (capacity, per_second) = options
+            .rate
+            .map_or((0, 0), |r| (r.capacity, r.refill_per_second));
+        config.providers.cli = [
+            ("redis_address", format!("127.0.0.1:{}", redis.port())),
+            ("admin_token", ADMIN.to_owned()),
+            (
+                "psp_signing_secrets",
+                format!("{PSP_SECRET},whsec_previous"),
+            ),
+            ("buyer_rate_capacity", capacity.to_string()),
+            ("buyer_rate_per_second", per_second.to_string()),
+            ("sold_out_ttl_ms", options.sold_out_ttl_ms.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let app = Arc::new(App::load(&config).unwrap_or_else(|e| panic!("loading spin.toml: {e}")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(flashcart_host::run(app, listener, async {
+            let _ = stopped.await;
+        }));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build_http();
+        Transport::Http {
+            address,
+            client,
+            _stop: stop,
+        }
+    }
+
+    /// The node's Redis (until [`Node::kill_redis`]).
+    ///
+    /// # Panics
+    /// After [`Node::kill_redis`].
+    pub fn redis(&self) -> &RedisServer {
+        self.redis.as_ref().expect("redis was killed")
+    }
+
+    /// Stops the node's Redis: the edge must answer 503 from now on.
+    pub fn kill_redis(&mut self) {
+        self.redis = None;
+    }
+
+    /// Sends a request to the edge; over HTTP, to the route `spin.toml` gives it.
+    ///
+    /// # Panics
+    /// When the HTTP exchange itself fails.
+    pub async fn send(&self, req: ApiRequest) -> ApiResponse {
+        match &self.transport {
+            Transport::InProcess(edge) => dispatch(edge, &req).await,
+            Transport::Http {
+                address, client, ..
+            } => {
+                let mut builder = hyper::Request::builder()
+                    .method(req.method.as_str())
+                    .uri(format!("http://{address}{}", req.path));
+                for (name, value) in &req.headers {
+                    builder = builder.header(name.as_str(), value.as_str());
+                }
+                let request = builder
+                    .body(Full::new(Bytes::from(req.body)))
+                    .expect("request");
+                let response = client
+                    .request(request)
+                    .await
+                    .unwrap_or_else(|e| panic!("HTTP to the host: {e:?}"));
+                let status = response.status().as_u16();
+                let headers = response
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.as_str().to_owned(),
+                            v.to_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes()
+                    .to_vec();
+                ApiResponse {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+        }
+    }
+}
+
+/// Routes like `spin.toml` does, for the in-process node.
+async fn dispatch(edge: &InProcessEdge, req: &ApiRequest) -> ApiResponse {
+    let path = req.path.as_str();
+    if path.starts_with("/v1/stock/") {
+        if path.trim_end_matches('/').ends_with("/reservations") {
+            edge.deduct(req).await
+        } else {
+            edge.stock_check(req, "in-process").await
+        }
+    } else if path.starts_with("/v1/orders") {
+        edge.orders(req).await
+    } else if path.starts_with("/v1/payments/") {
+        edge.payment_callback(req).await
+    } else if path.starts_with("/v1/admin/") {
+        edge.admin(req).await
+    } else {
+        ApiResponse::problem(&flashcart_core::Rejection::NotFound)
+    }
+}
+
+/// `PUT /v1/admin/skus/{sku}`: `stock` units in `segments`, on sale from now + `start_offset_ms`
+/// for an hour, 2 per buyer.
+pub async fn load(
+    node: &Node,
+    sku: &str,
+    stock: u64,
+    segments: u16,
+    start_offset_ms: i64,
+) -> ApiResponse {
+    let start = (now_ms() as i64 + start_offset_ms) as u64;
+    let req = ApiRequest::new("PUT", &format!("/v1/admin/skus/{sku}"))
+        .header("authorization", &format!("Bearer {ADMIN}"))
+        .json(&serde_json::json!({
+            "stock": stock, "segments": segments, "price": 1999, "currency": "EUR",
+            "sale_start": start, "sale_end": start + 3_600_000, "per_buyer_limit": 2,
+        }));
+    node.send(req).await
+}
+
+/// A deduct request.
+pub fn deduct_req(sku: &str, buyer: &str, qty: u64, key: &str) -> ApiRequest {
+    ApiRequest::new("POST", &format!("/v1/stock/{sku}/reservations"))
+        .header("idempotency-key", key)
+        .json(&serde_json::json!({ "buyer_id": buyer, "quantity": qty }))
+}
+
+/// An order-create request.
+pub fn order_req(reservation: &str, buyer: &str, key: &str) -> ApiRequest {
+    ApiRequest::new("POST", "/v1/orders")
+        .header("idempotency-key", key)
+        .json(&serde_json::json!({ "reservation_id": reservation, "buyer_id": buyer }))
+}
+
+/// A payment callback signed with `secret` at `timestamp`.
+pub fn payment_req(body: &serde_json::Value, secret: &str, timestamp: u64) -> ApiRequest {
+    let raw = body.to_string();
+    let sig = flashcart_core::signature::sign(
+        &SigningSecret::new(secret.as_bytes()),
+        timestamp,
+        raw.as_bytes(),
+    );
+    let mut req =
+        ApiRequest::new("POST", "/v1/payments/callback").header("content-type", "application/json");
+    req.body = raw.into_bytes();
+    req.header("flashcart-signature", &sig)
+}
+
+/// The problem `type` slug of a response, asserting it is problem+json with its status.
+pub fn problem_type(resp: &ApiResponse) -> String {
+    assert_eq!(
+        resp.header_value("content-type"),
+        Some("application/problem+json"),
+        "{resp:?}"
+    );
+    let body = resp.json_body();
+    assert_eq!(body["status"], resp.status);
+    body["type"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("urn:flashcart:problem:")
+        .to_owned()
+}
+
+/// Calls per command since the server started (`INFO commandstats`).
+pub fn command_calls(redis: &RedisServer) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.connection().expect("conn"))
+        .expect("info");
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}

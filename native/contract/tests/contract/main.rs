@@ -1,0 +1,35 @@
+//! The edge contract, run two ways: against the handlers in-process, and over HTTP through
+//! flashcart's host serving the repo's spin.toml with the built components (the same
+//! serving code as `flashcart up`).
+
+mod openapi;
+
+use flashcart_contract::{Kind, contract, flash_sale, signatures};
+
+macro_rules! both_ways {
+    ($($module:ident :: $scenario:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$module::$scenario(super::Kind::InProcess).await;
+                }
+            )*
+        }
+        mod over_http {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$module::$scenario(super::Kind::Http).await;
+                }
+            )*
+        }
+    };
+}
+
+both_ways!(
+    contract::admin_load_stock_deduct_order_pay,
+    contract::every_problem_type_of_the_contract,
+    signatures::signature_outcomes,
+    flash_sale::two_thousand_buyers_fifty_units_then_no_redis_calls,
+);

@@ -1,0 +1,216 @@
+//! A loaded application: the manifest's components compiled, checked and
+//! pre-instantiated, their variables and outbound hosts resolved, and the router.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+
+use crate::instance::{ComponentContext, RequestState};
+use crate::key_value::KeyValueStore;
+use crate::manifest::Manifest;
+use crate::outbound::{AllowedHost, AllowedHosts};
+use crate::redis_pool::RedisPool;
+use crate::routes::Router;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::runtime_config::{KeyValueStoreConfig, RuntimeConfigFile};
+use crate::template::Template;
+use crate::variables::{AppVariables, Providers};
+use crate::{Error, Result};
+
+/// Everything `flashcart up` needs to load an application.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The `spin.toml`.
+    pub manifest: PathBuf,
+    /// `--runtime-config-file`.
+    pub runtime_config: Option<PathBuf>,
+    /// Variable providers (CLI flags and process environment).
+    pub providers: Providers,
+    /// Extra environment for every component (`--env KEY=VALUE`).
+    pub env: Vec<(String, String)>,
+    /// Engine settings.
+    pub runtime: RuntimeConfig,
+    /// A request's deadline, instantiation included.
+    pub request_timeout: Duration,
+    /// Largest request body accepted (bigger is answered 413).
+    pub max_body_bytes: usize,
+}
+
+impl AppConfig {
+    /// Defaults for `manifest`: pooling allocator, no cache, 10 s deadline, 1 MiB bodies.
+    pub fn new(manifest: impl Into<PathBuf>) -> Self {
+        Self {
+            manifest: manifest.into(),
+            runtime_config: None,
+            providers: Providers::default(),
+            env: Vec::new(),
+            runtime: RuntimeConfig::default(),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One component, ready to serve.
+#[derive(Clone)]
+pub struct AppComponent {
+    /// Shared per-component context (variables, hosts, stores).
+    pub context: Arc<ComponentContext>,
+    /// The pre-instantiated handler.
+    pub pre: ServicePre<RequestState>,
+    /// Compile (or cache load) time at start.
+    pub load_time: Duration,
+}
+
+/// A loaded application.
+pub struct App {
+    runtime: Runtime,
+    router: Router<usize>,
+    components: Vec<AppComponent>,
+    request_timeout: Duration,
+    max_body_bytes: usize,
+    name: String,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.name)
+            .field("components", &self.components.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Loads the manifest, resolves variables, compiles and pre-instantiates every
+    /// component.
+    ///
+    /// # Errors
+    /// Any problem with the manifest, runtime config, variables or a component; the
+    /// message names the key, variable, component or import at fault.
+    pub fn load(config: &AppConfig) -> Result<Self> {
+        let manifest = Manifest::load(&config.manifest)?;
+        let runtime_config = match &config.runtime_config {
+            Some(path) => RuntimeConfigFile::load(path)?,
+            None => RuntimeConfigFile::default(),
+        };
+        let mut providers = config.providers.clone();
+        providers.runtime_config = runtime_config.variables.clone();
+        let variables = AppVariables::resolve(&manifest, &providers)?;
+
+        let key_value = match runtime_config.key_value_store.get("default") {
+            Some(KeyValueStoreConfig::Spin { path }) => {
+                let path = path
+                    .clone()
+                    .unwrap_or_else(|| manifest.base_dir.join(".spin").join("sqlite_key_value.db"));
+                KeyValueStore::sqlite(&path)?
+            }
+            Some(KeyValueStoreConfig::Memory) | None => KeyValueStore::in_memory(),
+        };
+        let redis = Arc::new(RedisPool::new());
+        let runtime = Runtime::new(config.runtime.clone())?;
+
+        let mut ids = Vec::new();
+        let mut components = Vec::new();
+        for (id, decl) in &manifest.components {
+            let component_variables = variables.component_variables(decl)?;
+            let mut allowed = Vec::new();
+            for entry in &decl.allowed_outbound_hosts {
+                let template = Template::parse(entry).map_err(|e| {
+                    Error::Invalid(format!("component.{id}.allowed_outbound_hosts: {e}"))
+                })?;
+                let rendered = template.render(|name| {
+                    component_variables
+                        .get(name)
+                        .map(|v| v.expose().to_owned())
+                        .ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "component.{id}.allowed_outbound_hosts: no variable `{name}`"
+                            ))
+                        })
+                })?;
+                allowed.push(AllowedHost::parse(&rendered).map_err(|e| {
+                    Error::Invalid(format!("component.{id}.allowed_outbound_hosts: {e}"))
+                })?);
+            }
+            let mut environment: Vec<(String, String)> = decl
+                .environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            environment.extend(config.env.iter().cloned());
+
+            let loaded = runtime.load(id, &decl.source_path(&manifest.base_dir))?;
+            tracing::info!(
+                component = %id,
+                load_ms = loaded.load_time.as_secs_f64() * 1e3,
+                "component ready"
+            );
+            let context = Arc::new(ComponentContext {
+                id: id.clone(),
+                variables: component_variables,
+                allowed_hosts: AllowedHosts::new(allowed),
+                key_value: decl
+                    .key_value_stores
+                    .iter()
+                    .any(|l| l == "default")
+                    .then(|| key_value.clone()),
+                redis: Arc::clone(&redis),
+                environment,
+            });
+            ids.push(id.clone());
+            components.push(AppComponent {
+                context,
+                pre: loaded.pre,
+                load_time: loaded.load_time,
+            });
+        }
+
+        let router = Router::new(manifest.http_triggers.iter().filter_map(|t| {
+            let index = ids.iter().position(|id| *id == t.component)?;
+            t.route.clone().map(|r| (r, index))
+        }))
+        .map_err(crate::manifest::ManifestError::from)?;
+
+        Ok(Self {
+            runtime,
+            router,
+            components,
+            request_timeout: config.request_timeout,
+            max_body_bytes: config.max_body_bytes,
+            name: manifest.application.name,
+        })
+    }
+
+    /// The application name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The components, in manifest (id) order.
+    pub fn components(&self) -> &[AppComponent] {
+        &self.components
+    }
+
+    /// The component serving `path`, with Spin's match details.
+    pub fn route(&self, path: &str) -> Option<crate::routes::RouteMatch<'_, usize>> {
+        self.router.route(path)
+    }
+
+    /// The request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The request body limit.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// The engine settings.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+}

@@ -1,0 +1,204 @@
+//! One request's instance: its `Store` data and running the handler to a response.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::key_value::KeyValueStore;
+use crate::outbound::AllowedHosts;
+use crate::redis_pool::RedisPool;
+use crate::runtime::EPOCH_TICK;
+use crate::variables::Value;
+
+/// What every instance of one component shares: resolved at load, read per request.
+#[derive(Debug)]
+pub struct ComponentContext {
+    /// The component id.
+    pub id: String,
+    /// Component variables, rendered.
+    pub variables: BTreeMap<String, Value>,
+    /// Rendered `allowed_outbound_hosts`.
+    pub allowed_hosts: AllowedHosts,
+    /// The `default` store, if the component lists it in `key_value_stores`.
+    pub key_value: Option<KeyValueStore>,
+    /// The node's Redis clients.
+    pub redis: Arc<RedisPool>,
+    /// `environment` from the manifest plus `--env`.
+    pub environment: Vec<(String, String)>,
+}
+
+/// The data of one request's `Store`.
+pub struct RequestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: NoOutboundHttp,
+    pub(crate) table: ResourceTable,
+    pub(crate) component: Arc<ComponentContext>,
+}
+
+impl RequestState {
+    pub(crate) fn new(component: Arc<ComponentContext>) -> Self {
+        let wasi = WasiCtx::builder()
+            .envs(&component.environment)
+            .inherit_stdout()
+            .inherit_stderr()
+            .build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: NoOutboundHttp,
+            table: ResourceTable::new(),
+            component,
+        }
+    }
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// flashcart functions make no outbound HTTP calls (the world has no
+/// `wasi:http/client`, so a component that could is refused at load); this hook only
+/// exists because `wasi:http/types` needs one.
+struct NoOutboundHttp;
+
+impl WasiHttpHooks for NoOutboundHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async {
+            Err(wasmtime_wasi_http::Error::from(
+                wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::HttpRequestDenied,
+            ))
+        })
+    }
+}
+
+/// How a request to a component ended, when it did not produce a response.
+#[derive(Debug)]
+pub enum Failure {
+    /// The guest ran past its deadline (epoch interruption or wall-clock timeout).
+    Timeout(Duration),
+    /// The guest trapped or the host failed while serving it.
+    Trap(String),
+    /// The guest answered with a `wasi:http` error code instead of a response.
+    ErrorCode(String),
+}
+
+/// A component's complete response.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status, headers.
+    pub parts: http::response::Parts,
+    /// The whole body.
+    pub body: Bytes,
+    /// Time to create the store and instantiate.
+    pub instantiate: Duration,
+}
+
+/// Runs one request on a fresh instance of `pre` and collects the whole response.
+///
+/// The response body is collected inside the store's event loop: guest bodies are
+/// streams the guest writes while the loop runs, and flashcart's answers are small.
+pub async fn serve(
+    pre: &ServicePre<RequestState>,
+    component: Arc<ComponentContext>,
+    request: http::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<Answer, Failure> {
+    let started = Instant::now();
+    let mut store = Store::new(pre.engine(), RequestState::new(component));
+    let ticks = (timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+
+    let work = async move {
+        let service = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| classify(e, timeout))?;
+        let instantiate = started.elapsed();
+        let (request, request_io) = {
+            let hooks = store.data_mut().http().hooks;
+            wasmtime_wasi_http::p3::Request::from_http(hooks, request)
+        };
+        let outcome = store
+            .run_concurrent(async move |accessor| {
+                let response = match service.handle(accessor, request).await? {
+                    Ok(response) => response,
+                    Err(code) => return Ok(Err(format!("{code:?}"))),
+                };
+                let response =
+                    accessor.with(|mut store| response.into_http(&mut store, request_io))?;
+                let (parts, body) = response.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(|e| wasmtime::Error::msg(format!("response body: {e:?}")))?
+                    .to_bytes();
+                wasmtime::Result::Ok(Ok((parts, body)))
+            })
+            .await
+            .and_then(|inner| inner)
+            .map_err(|e| classify(e, timeout))?;
+        match outcome {
+            Ok((parts, body)) => Ok(Answer {
+                parts,
+                body,
+                instantiate,
+            }),
+            Err(code) => Err(Failure::ErrorCode(code)),
+        }
+    };
+    // The epoch deadline stops a guest burning CPU; this stops one waiting forever
+    // (e.g. on a host call that never completes). A little slack lets the epoch trap,
+    // which names the cause, win the race when both apply.
+    match tokio::time::timeout(timeout + 4 * EPOCH_TICK, work).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::Timeout(timeout)),
+    }
+}
+
+fn classify(err: wasmtime::Error, timeout: Duration) -> Failure {
+    if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        Failure::Timeout(timeout)
+    } else {
+        Failure::Trap(format!("{err:#}"))
+    }
+}

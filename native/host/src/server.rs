@@ -1,0 +1,387 @@
+//! Serving HTTP: hyper 1 on tokio, one fresh instance per request.
+//!
+//! [`run`] takes the listener and a shutdown future, so `flashcart up` and the tests
+//! drive the same code. On shutdown it stops accepting, lets in-flight requests finish
+//! (bounded by the request deadline) and returns.
+//!
+//! The host answers two paths itself, under Spin's reserved `/.well-known/` prefix so
+//! they never shadow an application route: `/.well-known/flashcart/health` and
+//! `/.well-known/flashcart/metrics`. [`run_metrics`] serves the same metrics as
+//! `/metrics` on a separate (operator-only) listener.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::instance::{self, Failure};
+use crate::problem::problem;
+use crate::telemetry;
+
+/// Path of the host's health check.
+pub const HEALTH_PATH: &str = "/.well-known/flashcart/health";
+/// Path of the host's metrics on the application listener.
+pub const METRICS_PATH: &str = "/.well-known/flashcart/metrics";
+
+/// How long shutdown waits for open connections after the last request deadline.
+const DRAIN_SLACK: Duration = Duration::from_secs(2);
+
+struct Shared {
+    app: Arc<App>,
+    /// Caps concurrent instances at the pool size, so a burst waits for a slot rather
+    /// than failing to allocate one.
+    slots: Semaphore,
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then drains.
+///
+/// # Errors
+/// Only when accepting fails in a way that is not per-connection (the listener is
+/// broken); per-connection and per-request failures are logged and answered.
+pub async fn run(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    telemetry::install();
+    let slots = app.runtime().config().max_instances as usize;
+    let shared = Arc::new(Shared {
+        app,
+        slots: Semaphore::new(slots),
+    });
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, app = %shared.app.name(), "serving");
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Per-connection errors (e.g. the peer reset before accept, or
+                    // too many open files for a moment) must not stop the server.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let service = service_fn(move |req| {
+            let shared = Arc::clone(&shared);
+            async move { Ok::<_, Infallible>(handle(&shared, req, peer, local).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight requests");
+    let drain = shared.app.request_timeout() + DRAIN_SLACK;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {drain:?}; closing them");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves Prometheus `/metrics` (and the health check) on `listener` until `shutdown`.
+///
+/// # Errors
+/// When the listener's address cannot be read.
+pub async fn run_metrics(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    telemetry::install();
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics");
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+        };
+        let service = service_fn(|req: Request<Incoming>| async move {
+            let response = match req.uri().path() {
+                "/metrics" => metrics_response(),
+                HEALTH_PATH | "/health" => text(StatusCode::OK, "ok\n"),
+                _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            };
+            Ok::<_, Infallible>(response)
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service),
+        );
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+fn metrics_response() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(telemetry::render())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+/// A process-unique request id: a per-process prefix (start time) and a counter.
+fn next_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = *PREFIX.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+            .unwrap_or_default();
+        nanos ^ std::process::id()
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:08x}-{n:08x}")
+}
+
+async fn handle(
+    shared: &Shared,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let request_id = next_request_id();
+    let span = tracing::info_span!(
+        "request",
+        id = %request_id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    async {
+        let started = Instant::now();
+        let mut response = dispatch(shared, req, peer, local, &request_id).await;
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", id);
+        }
+        tracing::info!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "answered"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+async fn dispatch(
+    shared: &Shared,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    request_id: &str,
+) -> Response<Full<Bytes>> {
+    let app = &shared.app;
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        HEALTH_PATH => {
+            let mut r = Response::new(Full::new(Bytes::from(format!(
+                "{{\"status\":\"ok\",\"app\":{}}}",
+                serde_json::Value::String(app.name().to_owned())
+            ))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
+        METRICS_PATH => return metrics_response(),
+        _ => {}
+    }
+
+    let Some(matched) = app.route(&path) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "No route matches",
+            format!("no component serves {path}"),
+            request_id,
+        );
+    };
+    let component = &app.components()[*matched.target];
+    let id = component.context.id.clone();
+
+    let (mut parts, body) = req.into_parts();
+    let limit = app.max_body_bytes();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit, request_id);
+    }
+    // Bodies are read whole before the component starts: flashcart requests are small
+    // JSON documents, and a limit enforced here answers 413 without spending an
+    // instance on a request that will be refused.
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return too_large(limit, request_id);
+        }
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                "The request body could not be read",
+                e.to_string(),
+                request_id,
+            );
+        }
+    };
+
+    // What Spin tells a component about the request and its route.
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| local.to_string());
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_else(|| path.clone());
+    let full_url = format!("http://{authority}{path_and_query}");
+    let mut spin_headers: Vec<(String, String)> = vec![
+        ("spin-full-url".into(), full_url.clone()),
+        ("spin-path-info".into(), matched.path_info.clone()),
+        ("spin-matched-route".into(), matched.route.to_owned()),
+        ("spin-raw-component-route".into(), matched.route.to_owned()),
+        (
+            "spin-component-route".into(),
+            matched.component_route.clone(),
+        ),
+        ("spin-base-path".into(), "/".into()),
+        ("spin-client-addr".into(), peer.to_string()),
+    ];
+    for (name, value) in &matched.params {
+        spin_headers.push((format!("spin-path-match-{name}"), value.clone()));
+    }
+    for (name, value) in spin_headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            parts.headers.insert(name, value);
+        }
+    }
+    parts.uri = match full_url.parse() {
+        Ok(uri) => uri,
+        Err(_) => parts.uri,
+    };
+    let request = Request::from_parts(parts, Full::new(body));
+
+    let _slot = shared.slots.acquire().await;
+    metrics::gauge!("flashcart_in_flight_requests").increment(1.0);
+    let started = Instant::now();
+    let outcome = instance::serve(
+        &component.pre,
+        Arc::clone(&component.context),
+        request,
+        app.request_timeout(),
+    )
+    .await;
+    metrics::gauge!("flashcart_in_flight_requests").decrement(1.0);
+    metrics::histogram!("flashcart_request_duration_seconds", "component" => id.clone())
+        .record(started.elapsed().as_secs_f64());
+
+    let response = match outcome {
+        Ok(answer) => {
+            metrics::histogram!("flashcart_instantiate_seconds", "component" => id.clone())
+                .record(answer.instantiate.as_secs_f64());
+            Response::from_parts(answer.parts, Full::new(answer.body))
+        }
+        Err(Failure::Timeout(limit)) => {
+            tracing::warn!(component = %id, ?limit, "component stopped at its deadline");
+            problem(
+                StatusCode::GATEWAY_TIMEOUT,
+                "component-timeout",
+                "The component did not answer in time",
+                format!("component `{id}` ran past its {limit:?} deadline and was stopped"),
+                request_id,
+            )
+        }
+        Err(Failure::Trap(message)) => {
+            tracing::error!(component = %id, error = %message, "component failed");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "component-failed",
+                "The component failed",
+                format!(
+                    "component `{id}` failed; the host log has the cause under this request id"
+                ),
+                request_id,
+            )
+        }
+        Err(Failure::ErrorCode(code)) => {
+            tracing::warn!(component = %id, code = %code, "component answered an error code");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "component-error",
+                "The component answered with an error",
+                format!("component `{id}` returned {code}"),
+                request_id,
+            )
+        }
+    };
+    metrics::counter!(
+        "flashcart_requests_total",
+        "component" => id,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+fn too_large(limit: usize, request_id: &str) -> Response<Full<Bytes>> {
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "The request body is too large",
+        format!("bodies are limited to {limit} bytes"),
+        request_id,
+    )
+}

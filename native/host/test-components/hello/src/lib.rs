@@ -1,0 +1,23 @@
+//! The smallest flashcart test component: answers every request with a greeting and
+//! echoes what the host told it about the route (Spin's `spin-*` request headers).
+use spin_sdk::http::{IntoResponse, Request, StatusCode};
+use spin_sdk::http_service;
+
+#[http_service]
+async fn hello(req: Request) -> impl IntoResponse {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let body = format!(
+        "hello from flashcart\nmethod={}\npath-info={}\nmatched-route={}\nparam-sku={}\n",
+        req.method(),
+        header("spin-path-info"),
+        header("spin-matched-route"),
+        header("spin-path-match-sku"),
+    );
+    (StatusCode::OK, body)
+}

@@ -1,0 +1,305 @@
+//! The host serving real components: routing, Spin headers, variables, key-value,
+//! deadlines, body limits, imports outside the world, health and metrics.
+
+use std::time::{Duration, Instant};
+
+use flashcart_host::variables::Providers;
+use flashcart_host::{App, AppConfig};
+
+use crate::support::{TestServer, expand};
+
+const HELLO: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "hello-app"
+[[trigger.http]]
+route = "/v1/stock/:sku"
+component = "hello"
+[[trigger.http]]
+route = "/static/..."
+component = "hello"
+[component.hello]
+source = "{wasm:hello}"
+"#;
+
+#[tokio::test]
+async fn hello_answers_with_spin_route_headers() {
+    let server = TestServer::start(HELLO, |_| {}).await;
+
+    let reply = server.get("/v1/stock/sku-42").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.body.starts_with("hello from flashcart\n"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("method=GET\n"), "{}", reply.body);
+    assert!(
+        reply.body.contains("matched-route=/v1/stock/:sku\n"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("param-sku=sku-42\n"), "{}", reply.body);
+    assert!(
+        reply
+            .header("x-request-id")
+            .is_some_and(|id| !id.is_empty())
+    );
+
+    let reply = server.get("/static/css/site.css").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.body.contains("path-info=/css/site.css\n"),
+        "{}",
+        reply.body
+    );
+
+    let reply = server.get("/nowhere").await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    let problem: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+    assert_eq!(problem["status"], 404);
+    assert_eq!(problem["request_id"].as_str(), reply.header("x-request-id"));
+
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let server = TestServer::start(HELLO, |_| {}).await;
+    let health = server.get("/.well-known/flashcart/health").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body, r#"{"status":"ok","app":"hello-app"}"#);
+
+    for _ in 0..3 {
+        assert_eq!(server.get("/v1/stock/a").await.status, 200);
+    }
+    let metrics = server.get("/.well-known/flashcart/metrics").await;
+    assert_eq!(metrics.status, 200);
+    for name in [
+        "flashcart_requests_total{component=\"hello\",status=\"200\"}",
+        "flashcart_instantiate_seconds_bucket{component=\"hello\"",
+        "flashcart_request_duration_seconds_count{component=\"hello\"}",
+    ] {
+        assert!(
+            metrics.body.contains(name),
+            "no {name} in:\n{}",
+            metrics.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_413() {
+    let server = TestServer::start(HELLO, |c| c.max_body_bytes = 1024).await;
+    let small = server.request("POST", "/v1/stock/a", &[b'x'; 1024]).await;
+    assert_eq!(small.status, 200);
+    let big = server.request("POST", "/v1/stock/a", &[b'x'; 1025]).await;
+    assert_eq!(big.status, 413, "{}", big.body);
+    assert_eq!(big.header("content-type"), Some("application/problem+json"));
+    assert!(big.body.contains("limited to 1024 bytes"), "{}", big.body);
+}
+
+const VARIABLES: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "vars"
+[variables]
+greeting = { default = "hello" }
+api_token = { required = true, secret = true }
+[[trigger.http]]
+route = "/vars/..."
+component = "vars"
+[component.vars]
+source = "{wasm:variables}"
+[component.vars.variables]
+greeting = "{{ greeting }}"
+message = "{{ greeting }}, buyer"
+token = "{{ api_token }}"
+"#;
+
+#[tokio::test]
+async fn variables_follow_spins_provider_order() {
+    // Default, then the environment provider overriding it.
+    let server = TestServer::start(VARIABLES, |c| {
+        c.providers = Providers::default();
+        c.providers
+            .env
+            .insert("SPIN_VARIABLE_API_TOKEN".into(), "t0ken".into());
+    })
+    .await;
+    assert_eq!(server.get("/vars/greeting").await.body, "hello");
+    assert_eq!(server.get("/vars/message").await.body, "hello, buyer");
+    assert_eq!(server.get("/vars/token").await.body, "t0ken");
+    let undefined = server.get("/vars/nope").await;
+    assert_eq!(undefined.status, 404);
+    assert!(undefined.body.contains("Undefined"), "{}", undefined.body);
+
+    let server = TestServer::start(VARIABLES, |c| {
+        c.providers = Providers::default();
+        c.providers
+            .env
+            .insert("SPIN_VARIABLE_GREETING".into(), "from-env".into());
+        c.providers
+            .env
+            .insert("SPIN_VARIABLE_API_TOKEN".into(), "env-token".into());
+        c.providers
+            .cli
+            .insert("api_token".into(), "cli-token".into());
+    })
+    .await;
+    assert_eq!(server.get("/vars/message").await.body, "from-env, buyer");
+    assert_eq!(server.get("/vars/token").await.body, "cli-token");
+}
+
+#[tokio::test]
+async fn a_missing_required_variable_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spin.toml");
+    std::fs::write(&path, expand(VARIABLES)).expect("write");
+    let mut config = AppConfig::new(&path);
+    config.providers = Providers::default();
+    let err = App::load(&config).expect_err("api_token is required");
+    assert_eq!(
+        err.to_string(),
+        "variable `api_token` is required: set SPIN_VARIABLE_API_TOKEN or give it in the runtime config"
+    );
+}
+
+const KV: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "kv"
+[[trigger.http]]
+route = "/kv/..."
+component = "kv"
+[[trigger.http]]
+route = "/nokv/..."
+component = "nokv"
+[component.kv]
+source = "{wasm:kv}"
+key_value_stores = ["default"]
+[component.nokv]
+source = "{wasm:kv}"
+"#;
+
+async fn kv_round_trip(server: &TestServer) {
+    assert_eq!(server.get("/kv/cart-1").await.status, 404);
+    assert_eq!(
+        server.request("PUT", "/kv/cart-1", b"3 items").await.status,
+        201
+    );
+    assert_eq!(
+        server.request("PUT", "/kv/cart-2", b"1 item").await.status,
+        201
+    );
+    // Each request is a fresh instance: the store outlives them.
+    let got = server.get("/kv/cart-1").await;
+    assert_eq!((got.status, got.body.as_str()), (200, "3 items"));
+    assert_eq!(server.get("/kv").await.body, "cart-1,cart-2");
+    assert_eq!(
+        server.request("DELETE", "/kv/cart-1", b"").await.status,
+        204
+    );
+    assert_eq!(server.get("/kv/cart-1").await.status, 404);
+}
+
+#[tokio::test]
+async fn key_value_round_trip_in_memory() {
+    let server = TestServer::start(KV, |_| {}).await;
+    kv_round_trip(&server).await;
+    // A component without `key_value_stores = ["default"]` is denied, as on Spin.
+    let denied = server.get("/nokv/x").await;
+    assert_eq!(denied.status, 500);
+    assert!(denied.body.contains("AccessDenied"), "{}", denied.body);
+}
+
+#[tokio::test]
+async fn key_value_in_sqlite_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime_config = dir.path().join("runtime-config.toml");
+    std::fs::write(
+        &runtime_config,
+        "[key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\n",
+    )
+    .expect("write");
+    let server = TestServer::start(KV, |c| c.runtime_config = Some(runtime_config.clone())).await;
+    kv_round_trip(&server).await;
+    server.stop().await.expect("clean stop");
+    assert!(dir.path().join("kv.db").exists());
+
+    let server = TestServer::start(KV, |c| c.runtime_config = Some(runtime_config.clone())).await;
+    assert_eq!(server.get("/kv/cart-2").await.body, "1 item");
+}
+
+const LOOP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "loop"
+[[trigger.http]]
+route = "/loop"
+component = "spin-loop"
+[[trigger.http]]
+route = "/hello"
+component = "hello"
+[component.spin-loop]
+source = "{wasm:spin-loop}"
+[component.hello]
+source = "{wasm:hello}"
+"#;
+
+#[tokio::test]
+async fn a_looping_component_is_cut_off_with_504() {
+    let server = TestServer::start(LOOP, |c| c.request_timeout = Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let reply = server.get("/loop").await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(
+        reply
+            .body
+            .contains("component `spin-loop` ran past its 300ms deadline"),
+        "{}",
+        reply.body
+    );
+    assert!(took < Duration::from_secs(5), "cut off only after {took:?}");
+    // The worker is free again: the next request is served.
+    assert_eq!(server.get("/hello").await.status, 200);
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_component_outside_the_world_is_refused_at_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spin.toml");
+    std::fs::write(
+        &path,
+        expand(
+            r#"
+spin_manifest_version = 2
+[application]
+name = "forbidden"
+[[trigger.http]]
+route = "/..."
+component = "reader"
+[component.reader]
+source = "{wasm:forbidden}"
+"#,
+        ),
+    )
+    .expect("write");
+    let err = App::load(&AppConfig::new(&path)).expect_err("imports wasi:filesystem");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("component `reader` imports `wasi:filesystem/"),
+        "{message}"
+    );
+    assert!(message.contains("not in the flashcart world"), "{message}");
+}
