@@ -1,0 +1,330 @@
+//! flashcart-settlement: turns the events the edge decided (one Redis stream per partition)
+//! into a durable SQL ledger, exactly once in effect, and runs the compensation timers.
+//!
+//! Parts:
+//! - [`event`]: stream entries and the typed events they carry.
+//! - [`ledger`]: the SQL ledger (SQLite by default, PostgreSQL for `postgres://` URLs), its
+//!   migrations and the idempotent batch apply.
+//! - [`consumer`]: the consumer group worker — read, apply in one transaction, acknowledge;
+//!   claim what dead consumers left, retry with backoff, dead-letter, trim.
+//! - [`dlq`]: list, retry and drop dead-lettered entries.
+//! - [`metrics`]: counters and gauges, served on `/metrics` and `/health`.
+//! - [`run`]: the service loop the `flashcart settle` command (and the `flashcart-settle`
+//!   binary) runs until shutdown.
+#![deny(missing_docs)]
+
+pub mod consumer;
+pub mod dlq;
+pub mod event;
+pub mod ledger;
+pub mod metrics;
+mod reply;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use flashcart_core::keys::KeySchema;
+
+pub use consumer::{Consumer, ConsumerConfig, Recovered, Step};
+pub use ledger::{Backend, Ledger, LedgerError};
+pub use metrics::Metrics;
+pub use reply::ReplyError;
+
+/// Errors of settlement's library API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis failed (classify with the client's predicates: `is_timeout`,
+    /// `is_connection_dropped`, …).
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Redis answered in a shape settlement does not understand.
+    #[error(transparent)]
+    Reply(#[from] ReplyError),
+    /// A bad argument (e.g. a dead-letter id that does not parse).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Ledger(LedgerError::Storage(e))
+    }
+}
+
+/// Settlement's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Parses a duration: `250ms`, `10s`, `2m`, or plain milliseconds.
+///
+/// # Errors
+/// When the text is none of those.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "ms"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 500ms, 10s, 2m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("unknown unit in {text:?} (use ms, s or m)")),
+    }
+}
+
+fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_owned());
+    format!("settle-{host}")
+}
+
+/// Everything `flashcart settle` takes. Flags are what operators set; each has an
+/// environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Redis holding the partition streams.
+    #[arg(long, env = "FLASHCART_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// The ledger: `postgres://…`, `sqlite://PATH` or a file path. Default:
+    /// `<data-dir>/ledger.sqlite`.
+    #[arg(long, env = "FLASHCART_LEDGER_URL")]
+    pub ledger_url: Option<String>,
+    /// Directory for the default SQLite ledger.
+    #[arg(long, env = "FLASHCART_DATA_DIR", default_value = ".flashcart")]
+    pub data_dir: PathBuf,
+    /// Partition count; must match the one the edge uses.
+    #[arg(long, env = "FLASHCART_PARTITIONS", default_value_t = u32::from(KeySchema::DEFAULT_PARTITIONS))]
+    pub partitions: u32,
+    /// Consumer group shared by every settlement process.
+    #[arg(long, env = "FLASHCART_SETTLE_GROUP", default_value = "settlement")]
+    pub group: String,
+    /// This process's consumer name: unique per live process, stable across its restarts.
+    /// Default `settle-<hostname>`.
+    #[arg(long, env = "FLASHCART_SETTLE_CONSUMER")]
+    pub consumer: Option<String>,
+    /// Most events applied in one SQL transaction.
+    #[arg(long, env = "FLASHCART_SETTLE_BATCH", default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Idle time after which another process claims a consumer's unacknowledged entries.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub claim_idle: Duration,
+    /// Failures after which an event goes to the dead-letter stream.
+    #[arg(long, default_value_t = 5)]
+    pub max_failures: u32,
+    /// First retry delay after a failure; doubles each time.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// How long to wait after finding nothing to read.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub idle_wait: Duration,
+    /// How often to claim, retry, trim and refresh gauges.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub maintain_every: Duration,
+    /// Serve `/metrics` and `/health` here (e.g. 127.0.0.1:9187).
+    #[arg(long, env = "FLASHCART_SETTLE_METRICS")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Config {
+    /// A configuration with every default, for `redis_url` and `ledger_url`.
+    pub fn new(redis_url: &str, ledger_url: &str) -> Self {
+        Self {
+            redis_url: redis_url.to_owned(),
+            ledger_url: Some(ledger_url.to_owned()),
+            data_dir: PathBuf::from(".flashcart"),
+            partitions: u32::from(KeySchema::DEFAULT_PARTITIONS),
+            group: "settlement".to_owned(),
+            consumer: None,
+            batch_size: 1000,
+            claim_idle: Duration::from_secs(30),
+            max_failures: 5,
+            retry_base: Duration::from_secs(1),
+            idle_wait: Duration::from_millis(50),
+            maintain_every: Duration::from_secs(1),
+            metrics_addr: None,
+        }
+    }
+
+    /// The ledger URL in effect.
+    pub fn ledger_url(&self) -> String {
+        match &self.ledger_url {
+            Some(url) => url.clone(),
+            None => self.data_dir.join("ledger.sqlite").display().to_string(),
+        }
+    }
+
+    /// The key schema.
+    ///
+    /// # Errors
+    /// When the partition count is out of range.
+    pub fn schema(&self) -> anyhow::Result<KeySchema> {
+        KeySchema::new(self.partitions).context("--partitions")
+    }
+
+    /// The consumer settings.
+    pub fn consumer_config(&self) -> ConsumerConfig {
+        ConsumerConfig {
+            group: self.group.clone(),
+            consumer: self.consumer.clone().unwrap_or_else(default_consumer),
+            batch_size: self.batch_size.max(1),
+            claim_idle: self.claim_idle,
+            max_failures: self.max_failures.max(1),
+            retry_base: self.retry_base,
+            after_commit: None,
+        }
+    }
+
+    /// Opens the ledger (creating the data dir for the default SQLite file).
+    ///
+    /// # Errors
+    /// When the directory or the database cannot be opened.
+    pub async fn open_ledger(&self) -> anyhow::Result<Ledger> {
+        if self.ledger_url.is_none() {
+            std::fs::create_dir_all(&self.data_dir)
+                .with_context(|| format!("creating data dir {}", self.data_dir.display()))?;
+        }
+        let url = self.ledger_url();
+        Ledger::open(&url).await.with_context(|| format!("opening the ledger at {url}"))
+    }
+
+    /// Connects to Redis (reconnecting on its own after a dropped connection).
+    ///
+    /// # Errors
+    /// When the URL is invalid or Redis cannot be reached.
+    pub async fn connect_redis(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let client = redis::Client::open(self.redis_url.as_str()).context("--redis-url")?;
+        client.get_connection_manager().await.with_context(|| format!("connecting to {}", self.redis_url))
+    }
+}
+
+/// Runs settlement until `shutdown` completes: consumes every partition stream into the
+/// ledger, claims and retries, trims, and serves metrics. On shutdown it finishes the batch
+/// in hand (applied and acknowledged) and returns.
+///
+/// # Errors
+/// When the ledger or Redis cannot be opened at start. Failures while running are logged and
+/// retried with backoff; they do not end the service.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(config, None, shutdown).await
+}
+
+/// [`run`], with a hook run between commit and acknowledgement (fault injection in tests).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    config: Config,
+    after_commit: Option<consumer::AfterCommit>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let schema = config.schema()?;
+    let ledger = config.open_ledger().await?;
+    let redis = config.connect_redis().await?;
+    let metrics = Arc::new(Metrics::default());
+    let mut consumer_config = config.consumer_config();
+    consumer_config.after_commit = after_commit;
+    let name = consumer_config.consumer.clone();
+    let mut consumer = Consumer::new(redis, ledger.clone(), schema, consumer_config, metrics.clone())
+        .await
+        .context("creating the consumer group")?;
+    let server = match config.metrics_addr {
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
+            let stale = (config.maintain_every * 10).max(Duration::from_secs(30));
+            Some(tokio::spawn(metrics::serve(listener, metrics.clone(), stale)))
+        }
+        None => None,
+    };
+    tracing::info!(consumer = %name, ledger = ?ledger.backend(), "settlement running");
+
+    tokio::pin!(shutdown);
+    let mut last_maintenance = Instant::now() - config.maintain_every;
+    let mut failures: u32 = 0;
+    loop {
+        // Shutdown is only looked at between batches: a batch in hand is always finished.
+        let stop = is_done(&mut shutdown);
+        if stop {
+            break;
+        }
+        let mut outcome = consumer.step().await;
+        if outcome.is_ok() && last_maintenance.elapsed() >= config.maintain_every {
+            last_maintenance = Instant::now();
+            let maintained = async {
+                let recovered = consumer.recover().await?;
+                let trimmed = consumer.trim().await?;
+                Ok::<_, Error>((recovered, trimmed))
+            }
+            .await;
+            match maintained {
+                Ok((recovered, trimmed)) if recovered != Recovered::default() || trimmed > 0 => {
+                    tracing::debug!(?recovered, trimmed, "maintenance");
+                }
+                Ok(_) => {}
+                Err(e) => outcome = Err(e),
+            }
+        }
+        let wait = match outcome {
+            Ok(Step::Applied(_)) => {
+                failures = 0;
+                continue;
+            }
+            Ok(Step::Idle) => {
+                failures = 0;
+                config.idle_wait
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let transient = match &e {
+                    Error::Redis(r) => r.is_timeout() || r.is_connection_dropped() || r.is_io_error(),
+                    _ => false,
+                };
+                tracing::warn!(error = %e, transient, failures, "settlement step failed; retrying");
+                Duration::from_millis(100u64 << failures.min(6))
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    if let Some(server) = server {
+        server.abort();
+    }
+    ledger.close().await;
+    tracing::info!(consumer = %name, "settlement stopped");
+    Ok(())
+}
+
+/// Polls `fut` once without waiting: whether it has completed.
+fn is_done<F: Future<Output = ()>>(fut: &mut std::pin::Pin<&mut F>) -> bool {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    fut.as_mut().poll(&mut cx).is_ready()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1500"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}
