@@ -22,7 +22,10 @@ pub struct ValidationError {
 impl ValidationError {
     /// A validation error for `field`.
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self { field, reason: reason.into() }
+        Self {
+            field,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -37,7 +40,10 @@ fn check(
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if value.len() > max_len {
-        return Err(ValidationError::new(field, format!("must be at most {max_len} bytes")));
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {max_len} bytes"),
+        ));
     }
     if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
         return Err(ValidationError::new(
@@ -131,7 +137,10 @@ impl Currency {
         if value.len() == 3 && value.chars().all(|c| c.is_ascii_uppercase()) {
             Ok(Self(value.to_owned()))
         } else {
-            Err(ValidationError::new("currency", "must be three upper-case letters (ISO 4217)"))
+            Err(ValidationError::new(
+                "currency",
+                "must be three upper-case letters (ISO 4217)",
+            ))
         }
     }
 
@@ -215,8 +224,11 @@ impl HoldToken {
     }
 
     fn parse(value: &str) -> Option<Self> {
-        (value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-            .then(|| Self(value.to_owned()))
+        (value.len() == 16
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then(|| Self(value.to_owned()))
     }
 
     /// The token's text.
@@ -228,35 +240,44 @@ impl HoldToken {
 macro_rules! placed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $field:literal) => {
         $(#[$doc])*
+        ///
+        /// The id carries everything needed to name the Redis keys its record touches (a
+        /// cluster requires them declared up front): the partition, the hold token and the SKU.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name {
             partition: Partition,
             token: HoldToken,
+            sku: SkuId,
         }
 
         impl $name {
-            /// The id of the record in `partition` for `token`.
-            pub fn new(partition: Partition, token: HoldToken) -> Self {
-                Self { partition, token }
+            /// The id of the record in `partition` for `token` and `sku`.
+            pub fn new(partition: Partition, token: HoldToken, sku: SkuId) -> Self {
+                Self { partition, token, sku }
             }
 
-            /// Parses `
-            #[doc = $prefix]
-            /// _<partition>_<16 hex>`.
+            /// Parses `<prefix>_<partition>_<16 hex>_<sku>`.
             ///
             /// # Errors
             /// When the text is not of that form.
             pub fn parse(value: &str) -> Result<Self, ValidationError> {
-                let bad = || ValidationError::new($field, concat!("must look like ", $prefix, "_07_0123456789abcdef"));
+                let bad = || {
+                    ValidationError::new(
+                        $field,
+                        concat!("must look like ", $prefix, "_07_0123456789abcdef_<sku>"),
+                    )
+                };
                 let rest = value.strip_prefix(concat!($prefix, "_")).ok_or_else(bad)?;
-                let (part, token) = rest.split_once('_').ok_or_else(bad)?;
+                let (part, rest) = rest.split_once('_').ok_or_else(bad)?;
                 if part.is_empty() || part.len() > 4 || !part.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(bad());
                 }
                 let partition = Partition::new(part.parse().map_err(|_| bad())?);
+                let (token, sku) = rest.split_once('_').ok_or_else(bad)?;
                 let token = HoldToken::parse(token).ok_or_else(bad)?;
-                Ok(Self { partition, token })
+                let sku = SkuId::parse(sku).map_err(|_| bad())?;
+                Ok(Self { partition, token, sku })
             }
 
             /// The partition that holds the record.
@@ -267,6 +288,11 @@ macro_rules! placed_id {
             /// The hold token shared with the reservation or order.
             pub fn token(&self) -> &HoldToken {
                 &self.token
+            }
+
+            /// The SKU.
+            pub fn sku(&self) -> &SkuId {
+                &self.sku
             }
         }
 
@@ -285,25 +311,31 @@ macro_rules! placed_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!($prefix, "_{:02}_{}"), self.partition.index(), self.token.as_str())
+                write!(
+                    f,
+                    concat!($prefix, "_{:02}_{}_{}"),
+                    self.partition.index(),
+                    self.token.as_str(),
+                    self.sku
+                )
             }
         }
     };
 }
 
 placed_id!(
-    /// A reservation: `rsv_<partition>_<token>`; the partition is where its stock lives.
+    /// A reservation: `rsv_<partition>_<token>_<sku>`; the partition is where its stock lives.
     ReservationId, "rsv", "reservation_id"
 );
 placed_id!(
-    /// An order: `ord_<partition>_<token>`; made from the reservation with the same token.
+    /// An order: `ord_<partition>_<token>_<sku>`; made from the reservation with the same token.
     OrderId, "ord", "order_id"
 );
 
 impl ReservationId {
-    /// The id of the order made from this reservation (same partition, same token).
+    /// The id of the order made from this reservation (same partition, token and SKU).
     pub fn order_id(&self) -> OrderId {
-        OrderId::new(self.partition, self.token.clone())
+        OrderId::new(self.partition, self.token.clone(), self.sku.clone())
     }
 }
 
@@ -344,13 +376,32 @@ mod tests {
     fn placed_ids_round_trip_and_reject_garbage() {
         let buyer = BuyerId::parse("alice").unwrap();
         let key = IdempotencyKey::parse("k1").unwrap();
-        let id = ReservationId::new(Partition::new(7), HoldToken::derive(&buyer, &key));
+        let sku = SkuId::parse("sneaker_42.eu").unwrap();
+        let id = ReservationId::new(
+            Partition::new(7),
+            HoldToken::derive(&buyer, &key),
+            sku.clone(),
+        );
         let text = id.to_string();
-        assert!(text.starts_with("rsv_07_"), "{text}");
+        assert!(
+            text.starts_with("rsv_07_") && text.ends_with("_sneaker_42.eu"),
+            "{text}"
+        );
+        assert_eq!(ReservationId::parse(&text).unwrap().sku(), &sku);
         assert_eq!(ReservationId::parse(&text), Ok(id.clone()));
         assert_eq!(id.order_id().to_string(), text.replacen("rsv", "ord", 1));
-        for bad in ["", "rsv_07", "rsv__0123456789abcdef", "ord_07_0123456789abcdef",
-            "rsv_07_0123456789ABCDEF", "rsv_x7_0123456789abcdef", "rsv_07_0123"] {
+        for bad in [
+            "",
+            "rsv_07",
+            "rsv__0123456789abcdef_a",
+            "ord_07_0123456789abcdef_a",
+            "rsv_07_0123456789ABCDEF_a",
+            "rsv_x7_0123456789abcdef_a",
+            "rsv_07_0123_a",
+            "rsv_07_0123456789abcdef",
+            "rsv_07_0123456789abcdef_",
+            "rsv_07_0123456789abcdef_a b",
+        ] {
             assert!(ReservationId::parse(bad).is_err(), "{bad}");
         }
     }

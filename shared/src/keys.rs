@@ -55,7 +55,9 @@ pub struct KeySchema {
 
 impl Default for KeySchema {
     fn default() -> Self {
-        Self { partitions: Self::DEFAULT_PARTITIONS }
+        Self {
+            partitions: Self::DEFAULT_PARTITIONS,
+        }
     }
 }
 
@@ -102,13 +104,16 @@ impl KeySchema {
 
     /// The SKU's home partition: where segment 0 lives.
     pub fn home_of_sku(&self, sku: &SkuId) -> Partition {
-        Partition((stable_hash(&[b"sku", sku.as_str().as_bytes()]) % u64::from(self.partitions)) as u16)
+        Partition(
+            (stable_hash(&[b"sku", sku.as_str().as_bytes()]) % u64::from(self.partitions)) as u16,
+        )
     }
 
     /// The buyer's home partition: idempotency records and purchase counters.
     pub fn home_of_buyer(&self, buyer: &BuyerId) -> Partition {
         Partition(
-            (stable_hash(&[b"buyer", buyer.as_str().as_bytes()]) % u64::from(self.partitions)) as u16,
+            (stable_hash(&[b"buyer", buyer.as_str().as_bytes()]) % u64::from(self.partitions))
+                as u16,
         )
     }
 
@@ -130,7 +135,13 @@ impl KeySchema {
     pub fn fallback_order(&self, sku: &SkuId, segments: u16, first: Partition) -> Vec<Partition> {
         let all = self.sku_partitions(sku, segments);
         let start = all.iter().position(|p| *p == first).map_or(0, |i| i + 1);
-        all.iter().cycle().skip(start).take(all.len()).copied().filter(|p| *p != first).collect()
+        all.iter()
+            .cycle()
+            .skip(start)
+            .take(all.len())
+            .copied()
+            .filter(|p| *p != first)
+            .collect()
     }
 
     /// The SKU's configuration copy and its segment levels in partition `p` (one hash).
@@ -155,7 +166,13 @@ impl KeySchema {
     }
 
     /// A buyer's idempotency record for one operation, in partition `p`.
-    pub fn idempotency(&self, p: Partition, op: &str, buyer: &BuyerId, key: &IdempotencyKey) -> String {
+    pub fn idempotency(
+        &self,
+        p: Partition,
+        op: &str,
+        buyer: &BuyerId,
+        key: &IdempotencyKey,
+    ) -> String {
         format!("{}:idem:{op}:{}:{}", p.tag(), buyer, key)
     }
 
@@ -203,7 +220,11 @@ mod tests {
         assert_eq!(Partition::new(7).tag(), "{fc:p07}");
         assert_eq!(Partition::new(123).tag(), "{fc:p123}");
         let schema = KeySchema::default();
-        assert!(schema.sku(Partition::new(3), &sku("a")).starts_with("{fc:p03}:"));
+        assert!(
+            schema
+                .sku(Partition::new(3), &sku("a"))
+                .starts_with("{fc:p03}:")
+        );
     }
 
     #[test]

@@ -1,2 +1,48 @@
 //! flashcart-core: the domain core shared by the edge functions (wasm) and native services.
+//!
+//! It has no I/O of its own: Redis is reached through [`exec::RedisExecutor`], which an edge
+//! component implements with spin-sdk's redis and native code with the `redis` crate.
+//!
+//! - [`ids`]: validated identifiers and quantities (everything that reaches Redis)
+//! - [`keys`]: the key schema, partitions as Redis Cluster hash tags
+//! - [`sku`]: a SKU's terms and how its stock splits into segments
+//! - [`order`]: the order state machine, a pure function
+//! - [`problem`]: RFC 9457 problem details and the domain's rejections
+//! - [`library`]: the Redis function library (Lua) and its version
+//! - [`inventory`]: the operations (load, reserve, order, pay, cancel, release, stock, rate)
+//! - [`event`]: the events each decision appends to its partition's stream
+//! - [`exec`]: the one door to Redis
 #![deny(missing_docs)]
+
+pub mod event;
+pub mod exec;
+pub mod ids;
+pub mod inventory;
+pub mod keys;
+pub mod library;
+pub mod order;
+pub mod problem;
+pub mod sku;
+
+pub use exec::{ExecError, FailureKind, RedisExecutor, Value};
+pub use inventory::{Inventory, Now, Settings};
+pub use keys::{KeySchema, Partition};
+pub use problem::{Problem, Rejection};
+
+use sha2::{Digest, Sha256};
+
+/// SHA-256 over `parts`, each length-prefixed so `["ab","c"]` and `["a","bc"]` differ.
+pub(crate) fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// The fingerprint of a request body, compared on idempotent replays: same key + other
+/// body is refused.
+pub fn fingerprint(body: &[u8]) -> String {
+    hex::encode(&digest(&[b"body", body])[..16])
+}

@@ -1,1 +1,237 @@
-pub fn placeholder() {}
+//! flashcart-inventory: the domain core's inventory operations over the `redis` crate.
+//!
+//! - [`RedisConn`]: one shared, multiplexed connection (a reconnecting connection manager for a
+//!   single node, or a cluster-aware connection for Redis Cluster); cheap to clone, so every
+//!   task of a process shares it.
+//! - [`open`]: connects, loads the function library where it is missing or stale, and returns
+//!   a ready [`NativeInventory`].
+#![deny(missing_docs)]
+
+use std::time::Duration;
+
+use flashcart_core::exec::{ExecError, FailureKind, RedisExecutor, Value};
+use flashcart_core::{Inventory, KeySchema, Settings};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+
+/// Errors of connecting and loading the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The address could not be parsed.
+    #[error("bad redis address {address:?}: {source}")]
+    Address {
+        /// The address given.
+        address: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+    /// Redis could not be reached.
+    #[error("cannot connect to redis at {address}: {source}")]
+    Connect {
+        /// The address.
+        address: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+    /// The function library could not be loaded.
+    #[error("cannot load the flashcart function library: {0}")]
+    Library(#[from] ExecError),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the inventory lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One Redis server, e.g. `redis://127.0.0.1:6379`.
+    Single(String),
+    /// A Redis Cluster, given by one or more of its nodes.
+    Cluster(Vec<String>),
+}
+
+/// A shared connection to a single node or a cluster.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// A single node, reconnecting on failure.
+    Single(ConnectionManager),
+    /// A Redis Cluster; commands are routed by their first key's slot.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisConn::Single(_) => "RedisConn::Single",
+            RedisConn::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+/// The inventory over native connections.
+pub type NativeInventory = Inventory<RedisConn>;
+
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RedisConn {
+    /// Connects to `target`.
+    ///
+    /// # Errors
+    /// When an address is malformed or no connection can be made.
+    pub async fn connect(target: &Target) -> Result<Self> {
+        match target {
+            Target::Single(address) => {
+                let client =
+                    redis::Client::open(address.as_str()).map_err(|source| Error::Address {
+                        address: address.clone(),
+                        source,
+                    })?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECTION_TIMEOUT));
+                let conn = client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map_err(|source| Error::Connect {
+                        address: address.clone(),
+                        source,
+                    })?;
+                Ok(RedisConn::Single(conn))
+            }
+            Target::Cluster(nodes) => {
+                let joined = nodes.join(",");
+                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .connection_timeout(CONNECTION_TIMEOUT)
+                    .build()
+                    .map_err(|source| Error::Address {
+                        address: joined.clone(),
+                        source,
+                    })?;
+                let conn =
+                    client
+                        .get_async_connection()
+                        .await
+                        .map_err(|source| Error::Connect {
+                            address: joined,
+                            source,
+                        })?;
+                Ok(RedisConn::Cluster(conn))
+            }
+        }
+    }
+
+    /// Runs a prepared command and returns the raw reply.
+    ///
+    /// # Errors
+    /// The client's error.
+    pub async fn query(&self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            RedisConn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            RedisConn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
+}
+
+/// Classifies a client error with the client's own predicates.
+fn classify(e: &redis::RedisError) -> FailureKind {
+    if e.is_timeout() {
+        FailureKind::Timeout
+    } else if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() {
+        FailureKind::Connection
+    } else {
+        FailureKind::Server
+    }
+}
+
+/// Flattens a reply the way Spin's `execute` does, so native and edge code see one shape.
+fn flatten(value: redis::Value, out: &mut Vec<Value>) -> Result<(), ExecError> {
+    match value {
+        redis::Value::Nil => out.push(Value::Nil),
+        redis::Value::Int(i) => out.push(Value::Int(i)),
+        redis::Value::BulkString(b) => out.push(Value::Bytes(b)),
+        redis::Value::SimpleString(s) => out.push(Value::Status(s)),
+        redis::Value::Okay => out.push(Value::Status("OK".into())),
+        redis::Value::Boolean(b) => out.push(Value::Int(i64::from(b))),
+        redis::Value::Double(d) => out.push(Value::Bytes(d.to_string().into_bytes())),
+        redis::Value::VerbatimString { text, .. } => out.push(Value::Bytes(text.into_bytes())),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            for item in items {
+                flatten(item, out)?;
+            }
+        }
+        redis::Value::Map(pairs) => {
+            for (k, v) in pairs {
+                flatten(k, out)?;
+                flatten(v, out)?;
+            }
+        }
+        redis::Value::Attribute { data, .. } => flatten(*data, out)?,
+        redis::Value::ServerError(e) => {
+            return Err(ExecError {
+                kind: FailureKind::Server,
+                message: format!("{e:?}"),
+            });
+        }
+        other => out.push(Value::Bytes(format!("{other:?}").into_bytes())),
+    }
+    Ok(())
+}
+
+impl RedisExecutor for RedisConn {
+    async fn execute(&self, command: &str, args: Vec<String>) -> Result<Vec<Value>, ExecError> {
+        let mut cmd = redis::cmd(command);
+        for a in args {
+            cmd.arg(a);
+        }
+        let value = self.query(&cmd).await.map_err(|e| ExecError {
+            kind: classify(&e),
+            message: e.to_string(),
+        })?;
+        let mut out = Vec::new();
+        flatten(value, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Connects to `target` and makes sure the current function library is loaded (on every
+/// master of a cluster).
+///
+/// # Errors
+/// When Redis cannot be reached or refuses the library.
+pub async fn open(
+    target: &Target,
+    schema: KeySchema,
+    settings: Settings,
+) -> Result<NativeInventory> {
+    let conn = RedisConn::connect(target).await?;
+    let inventory = Inventory::new(conn, schema, settings);
+    match inventory.executor() {
+        RedisConn::Single(_) => {
+            if inventory.ensure_library().await? {
+                tracing::info!(
+                    version = flashcart_core::library::version(),
+                    "loaded the function library"
+                );
+            }
+        }
+        RedisConn::Cluster(_) => {
+            // A cluster routes FUNCTION LOAD to every master; a version check would reach only
+            // one of them, so load unconditionally (REPLACE of the same code is cheap).
+            inventory
+                .executor()
+                .execute(
+                    "FUNCTION",
+                    vec![
+                        "LOAD".into(),
+                        "REPLACE".into(),
+                        flashcart_core::library::source().into(),
+                    ],
+                )
+                .await?;
+        }
+    }
+    Ok(inventory)
+}

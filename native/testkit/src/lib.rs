@@ -1,2 +1,12 @@
+//! flashcart-testkit: private servers for tests, each on free ports in its own temp dir and
+//! torn down on drop. Tests never use a server they did not start.
+//!
+//! - [`RedisServer`]: one `redis-server` with AOF on.
+//! - [`RedisCluster`]: three `redis-server --cluster-enabled yes` masters joined with
+//!   `redis-cli --cluster create`.
+//! - [`snapshot`]: every key of a server, `DUMP`ed, to assert that a call changed nothing.
 
 pub mod postgres;
+mod redis_server;
+
+pub use redis_server::{RedisCluster, RedisServer, Snapshot, snapshot, target_dir};

@@ -1,0 +1,145 @@
+//! Shared set-up: private servers, inventories over them, SKU specs, stream reading.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use flashcart_core::event::{Event, EventKind};
+use flashcart_core::ids::{BuyerId, Currency, IdempotencyKey, Quantity, SkuId};
+use flashcart_core::inventory::ReserveRequest;
+use flashcart_core::sku::SkuSpec;
+use flashcart_core::{KeySchema, Settings};
+use flashcart_inventory::{NativeInventory, RedisConn, Target};
+use flashcart_testkit::{RedisCluster, RedisServer, Snapshot};
+
+/// Sale window used by the specs: open from T0 for a long time.
+pub(crate) const T0: u64 = 1_800_000_000_000;
+
+/// A private Redis deployment and an inventory over it.
+pub(crate) enum Deployment {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Deployment {
+    pub(crate) fn single() -> Self {
+        Deployment::Single(RedisServer::start().expect("start redis-server"))
+    }
+
+    pub(crate) fn cluster() -> Self {
+        Deployment::Cluster(RedisCluster::start(3).expect("start a 3-master redis cluster"))
+    }
+
+    pub(crate) fn target(&self) -> Target {
+        match self {
+            Deployment::Single(s) => Target::Single(s.url()),
+            Deployment::Cluster(c) => Target::Cluster(c.urls()),
+        }
+    }
+
+    pub(crate) async fn inventory(&self) -> NativeInventory {
+        flashcart_inventory::open(&self.target(), KeySchema::default(), Settings::default())
+            .await
+            .expect("open inventory")
+    }
+
+    /// A second, independent connection (for concurrency across connections).
+    pub(crate) async fn extra_inventory(&self) -> NativeInventory {
+        let conn = RedisConn::connect(&self.target()).await.expect("connect");
+        flashcart_core::Inventory::new(conn, KeySchema::default(), Settings::default())
+    }
+
+    pub(crate) fn servers(&self) -> Vec<&RedisServer> {
+        match self {
+            Deployment::Single(s) => vec![s],
+            Deployment::Cluster(c) => c.nodes().iter().collect(),
+        }
+    }
+
+    /// Every key of every node.
+    pub(crate) fn snapshot(&self) -> Vec<Snapshot> {
+        self.servers()
+            .into_iter()
+            .map(|s| flashcart_testkit::snapshot(s).expect("snapshot"))
+            .collect()
+    }
+
+    /// Every event in every partition stream, parsed, in stream order per partition.
+    pub(crate) fn events(&self) -> Vec<Event> {
+        let schema = KeySchema::default();
+        let mut out = Vec::new();
+        for p in schema.partitions() {
+            let key = schema.events(p);
+            for server in self.servers() {
+                let mut conn = server.connection().expect("connect");
+                // On a cluster only the owner of the slot answers; the others say MOVED.
+                let Ok(entries) = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .query::<Vec<(String, BTreeMap<String, String>)>>(&mut conn)
+                else {
+                    continue;
+                };
+                for (id, fields) in entries {
+                    out.push(
+                        Event::parse(p, id, fields).expect("every stream entry is a valid event"),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn events_of(&self, sku: &SkuId, kind: EventKind) -> Vec<Event> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.kind == kind && e.fields["sku"] == sku.as_str())
+            .collect()
+    }
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A SKU name unique within this test process.
+pub(crate) fn unique_sku(prefix: &str) -> SkuId {
+    SkuId::parse(&format!("{prefix}-{}", SEQ.fetch_add(1, Ordering::Relaxed))).expect("sku")
+}
+
+pub(crate) fn spec(sku: &SkuId, stock: u64, segments: Option<u16>, limit: u32) -> SkuSpec {
+    SkuSpec {
+        sku: sku.clone(),
+        stock,
+        segments,
+        price: 2_500,
+        currency: Currency::parse("EUR").expect("currency"),
+        sale_start: T0,
+        sale_end: T0 + 3_600_000,
+        per_buyer_limit: limit,
+        reservation_ttl_ms: 60_000,
+        payment_window_ms: 120_000,
+    }
+}
+
+pub(crate) fn buyer(name: &str) -> BuyerId {
+    BuyerId::parse(name).expect("buyer")
+}
+
+pub(crate) fn key(name: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(name).expect("key")
+}
+
+pub(crate) fn reserve_req(
+    sku: &SkuId,
+    buyer_name: &str,
+    qty: u64,
+    key_name: &str,
+) -> ReserveRequest {
+    let body = format!("{{\"sku\":\"{sku}\",\"quantity\":{qty}}}");
+    ReserveRequest {
+        sku: sku.clone(),
+        buyer: buyer(buyer_name),
+        quantity: Quantity::new(qty).expect("qty"),
+        key: key(key_name),
+        fingerprint: flashcart_core::fingerprint(body.as_bytes()),
+    }
+}

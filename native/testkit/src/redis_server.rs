@@ -1,0 +1,251 @@
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+fn redis_server_binary() -> String {
+    std::env::var("FLASHCART_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// A port that was free a moment ago (and, for a cluster node, whose bus port +10000 too).
+fn free_port(with_bus: bool) -> Result<u16> {
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !with_bus {
+            return Ok(port);
+        }
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port pair found")
+}
+
+/// A private `redis-server`, killed and its directory removed on drop.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a single server with AOF on, in a fresh temp dir, on a free port.
+    ///
+    /// # Errors
+    /// When `redis-server` cannot be started or does not answer within 10 s.
+    pub fn start() -> Result<Self> {
+        Self::spawn(false)
+    }
+
+    fn spawn(cluster: bool) -> Result<Self> {
+        let mut last_err = None;
+        for _ in 0..5 {
+            let dir = tempfile::Builder::new()
+                .prefix("flashcart-redis-")
+                .tempdir()?;
+            let port = free_port(cluster)?;
+            let mut cmd = Command::new(redis_server_binary());
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--logfile", "redis.log", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            if cluster {
+                cmd.args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--cluster-node-timeout", "5000"]);
+            }
+            let child = cmd.spawn().with_context(|| {
+                format!(
+                    "starting {} (install it: apt-get install redis-server)",
+                    redis_server_binary()
+                )
+            })?;
+            let mut server = Self { child, port, dir };
+            match server.wait_ready() {
+                Ok(()) => return Ok(server),
+                Err(e) => {
+                    last_err = Some(e);
+                    let _ = server.child.kill();
+                    let _ = server.child.wait();
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "redis-server on port {} exited with {status}; log: {}",
+                    self.port,
+                    self.log()
+                );
+            }
+            if let Ok(mut conn) = redis::Client::open(self.url()).and_then(|c| c.get_connection())
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "redis-server on port {} did not answer PING within 10 s",
+                    self.port
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A blocking connection, for assertions.
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub fn connection(&self) -> Result<redis::Connection> {
+        Ok(redis::Client::open(self.url())?.get_connection()?)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private 3-master Redis Cluster.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` cluster-enabled servers and joins them (no replicas).
+    ///
+    /// # Errors
+    /// When a node does not start or the cluster does not reach `cluster_state:ok` in 30 s.
+    pub fn start(masters: usize) -> Result<Self> {
+        let nodes = (0..masters)
+            .map(|_| RedisServer::spawn(true))
+            .collect::<Result<Vec<_>>>()?;
+        let cli = std::env::var("FLASHCART_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+        let out = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .with_context(|| {
+                format!("running {cli} --cluster create (apt-get install redis-tools)")
+            })?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let cluster = Self { nodes };
+        cluster.wait_ok()?;
+        Ok(cluster)
+    }
+
+    fn wait_ok(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        'retry: loop {
+            if Instant::now() > deadline {
+                bail!("cluster did not reach cluster_state:ok within 30 s");
+            }
+            sleep(Duration::from_millis(100));
+            for node in &self.nodes {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.connection()?)?;
+                if !info.contains("cluster_state:ok") {
+                    continue 'retry;
+                }
+                // Every node must know every slot's owner before clients route by it.
+                let slots: redis::Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query(&mut node.connection()?)?;
+                match slots {
+                    redis::Value::Array(ranges) if ranges.len() == self.nodes.len() => {}
+                    _ => continue 'retry,
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// The nodes' URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}
+
+/// Every key of a server: its `DUMP` and whether it has a TTL.
+pub type Snapshot = BTreeMap<Vec<u8>, (Vec<u8>, bool)>;
+
+/// Every key on the server with its `DUMP` (value, type and encoding) and its TTL state
+/// (present or not), sorted by key: equal snapshots mean nothing changed.
+///
+/// # Errors
+/// When the server cannot be reached.
+pub fn snapshot(server: &RedisServer) -> Result<Snapshot> {
+    let mut conn = server.connection()?;
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut conn)?;
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(&key).query(&mut conn)?;
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn)?;
+        out.insert(key, (dump, ttl >= 0));
+    }
+    Ok(out)
+}
+
+/// Where the workspace's cargo target dir is, for tests that need built artifacts.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from)
+}
