@@ -83,7 +83,9 @@ impl ConsumerConfig {
     /// at most ten minutes.
     pub fn backoff(&self, failures: u32) -> Duration {
         let factor = 1u32 << failures.saturating_sub(1).min(20);
-        self.retry_base.saturating_mul(factor).min(Duration::from_secs(600))
+        self.retry_base
+            .saturating_mul(factor)
+            .min(Duration::from_secs(600))
     }
 }
 
@@ -206,7 +208,9 @@ impl<C: ConnectionLike + Send> Consumer<C> {
             Ok(settled) => settled,
             Err(e) => {
                 // Read our pending entries again from the start next time.
-                self.replay.iter_mut().for_each(|r| *r = Some("0".to_owned()));
+                self.replay
+                    .iter_mut()
+                    .for_each(|r| *r = Some("0".to_owned()));
                 return Err(e);
             }
         };
@@ -229,19 +233,28 @@ impl<C: ConnectionLike + Send> Consumer<C> {
             let p = partition_of(&self.schema, index);
             // Own pending entries first (after a restart they are the oldest), then new ones.
             if let Some(after) = self.replay[index].clone() {
-                let own = self.read(p, &after, self.config.batch_size - batch.len()).await?;
+                let own = self
+                    .read(p, &after, self.config.batch_size - batch.len())
+                    .await?;
                 match own.last() {
                     None => self.replay[index] = None,
                     Some(last) => {
                         self.replay[index] = Some(last.id.to_string());
                         // Entries that failed before wait for their backoff in `recover`.
                         let failed = self.failure_counts(p, &own).await?;
-                        batch.extend(own.into_iter().zip(failed).filter(|(_, n)| *n == 0).map(|(e, _)| e));
+                        batch.extend(
+                            own.into_iter()
+                                .zip(failed)
+                                .filter(|(_, n)| *n == 0)
+                                .map(|(e, _)| e),
+                        );
                         continue;
                     }
                 }
             }
-            let fresh = self.read(p, ">", self.config.batch_size - batch.len()).await?;
+            let fresh = self
+                .read(p, ">", self.config.batch_size - batch.len())
+                .await?;
             batch.extend(fresh);
         }
         self.cursor = (self.cursor + 1) % n;
@@ -267,14 +280,23 @@ impl<C: ConnectionLike + Send> Consumer<C> {
         for (_, entries) in reply::read_streams(&value)? {
             for (id, fields) in entries {
                 match fields {
-                    Some(fields) => out.push(Entry { partition: p, id: id.parse()?, fields }),
+                    Some(fields) => out.push(Entry {
+                        partition: p,
+                        id: id.parse()?,
+                        fields,
+                    }),
                     // Deleted while pending (only an operator's XDEL does that): nothing to apply.
                     None => gone.push(id),
                 }
             }
         }
         if !gone.is_empty() {
-            redis::cmd("XACK").arg(&key).arg(&self.config.group).arg(&gone).query_async::<()>(&mut self.redis).await?;
+            redis::cmd("XACK")
+                .arg(&key)
+                .arg(&self.config.group)
+                .arg(&gone)
+                .query_async::<()>(&mut self.redis)
+                .await?;
         }
         Ok(out)
     }
@@ -285,8 +307,11 @@ impl<C: ConnectionLike + Send> Consumer<C> {
             return Ok(Vec::new());
         }
         let fields: Vec<String> = entries.iter().map(|e| format!("{}:n", e.id)).collect();
-        let counts: Vec<Option<u32>> =
-            redis::cmd("HMGET").arg(failures_key(p)).arg(&fields).query_async(&mut self.redis).await?;
+        let counts: Vec<Option<u32>> = redis::cmd("HMGET")
+            .arg(failures_key(p))
+            .arg(&fields)
+            .query_async(&mut self.redis)
+            .await?;
         Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
     }
 
@@ -300,7 +325,11 @@ impl<C: ConnectionLike + Send> Consumer<C> {
         for entry in entries {
             match Event::parse(&entry.fields) {
                 Ok(event) => {
-                    events.push(Applicable { partition: entry.partition, identity: entry.identity(), event });
+                    events.push(Applicable {
+                        partition: entry.partition,
+                        identity: entry.identity(),
+                        event,
+                    });
                     ok.push(entry);
                 }
                 Err(e) => failed.push((entry, e.to_string())),
@@ -321,19 +350,30 @@ impl<C: ConnectionLike + Send> Consumer<C> {
         }
         let mut by_partition: BTreeMap<Partition, Vec<String>> = BTreeMap::new();
         for e in &ok {
-            by_partition.entry(e.partition).or_default().push(e.id.to_string());
+            by_partition
+                .entry(e.partition)
+                .or_default()
+                .push(e.id.to_string());
         }
         for (p, ids) in &by_partition {
             let mut pipe = redis::pipe();
-            pipe.cmd("XACK").arg(self.schema.events(*p)).arg(&self.config.group).arg(ids).ignore();
+            pipe.cmd("XACK")
+                .arg(self.schema.events(*p))
+                .arg(&self.config.group)
+                .arg(ids)
+                .ignore();
             if retried {
-                let fields: Vec<String> = ids.iter().flat_map(|id| [format!("{id}:n"), format!("{id}:err")]).collect();
+                let fields: Vec<String> = ids
+                    .iter()
+                    .flat_map(|id| [format!("{id}:n"), format!("{id}:err")])
+                    .collect();
                 pipe.cmd("HDEL").arg(failures_key(*p)).arg(fields).ignore();
             }
             pipe.query_async::<()>(&mut self.redis).await?;
         }
         if !ok.is_empty() {
-            self.metrics.batch(applied.new, applied.duplicates, started.elapsed());
+            self.metrics
+                .batch(applied.new, applied.duplicates, started.elapsed());
         }
         for (entry, error) in failed {
             tracing::warn!(partition = %entry.partition, entry = %entry.id, %error, "event failed");
@@ -369,8 +409,12 @@ impl<C: ConnectionLike + Send> Consumer<C> {
     /// failure record's removal in one `MULTI` (one partition, one slot).
     async fn dead_letter(&mut self, entry: &Entry, failures: u32, error: &str) -> Result<()> {
         let p = entry.partition;
-        let mut fields: Vec<(String, String)> =
-            entry.fields.iter().filter(|(k, _)| !k.starts_with("dlq.")).cloned().collect();
+        let mut fields: Vec<(String, String)> = entry
+            .fields
+            .iter()
+            .filter(|(k, _)| !k.starts_with("dlq."))
+            .cloned()
+            .collect();
         fields.push(("dlq.entry".to_owned(), entry.id.to_string()));
         fields.push(("dlq.error".to_owned(), error.to_owned()));
         fields.push(("dlq.failures".to_owned(), failures.to_string()));
@@ -427,19 +471,31 @@ impl<C: ConnectionLike + Send> Consumer<C> {
             self.claim_cursor[index] = next;
             let claimed: Vec<Entry> = claimed
                 .into_iter()
-                .filter_map(|(id, fields)| Some(Entry { partition: p, id: id.parse().ok()?, fields: fields? }))
+                .filter_map(|(id, fields)| {
+                    Some(Entry {
+                        partition: p,
+                        id: id.parse().ok()?,
+                        fields: fields?,
+                    })
+                })
                 .collect();
             if !claimed.is_empty() {
                 done.claimed += claimed.len();
-                self.metrics.claimed.fetch_add(claimed.len() as u64, Ordering::Relaxed);
+                self.metrics
+                    .claimed
+                    .fetch_add(claimed.len() as u64, Ordering::Relaxed);
                 done.settled += self.settle(claimed, true).await?;
             }
             // Failed entries due for another try.
-            let failures: HashMap<String, String> =
-                redis::cmd("HGETALL").arg(failures_key(p)).query_async(&mut self.redis).await?;
+            let failures: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(failures_key(p))
+                .query_async(&mut self.redis)
+                .await?;
             let mut due = Vec::new();
             for (field, count) in &failures {
-                let Some(id) = field.strip_suffix(":n") else { continue };
+                let Some(id) = field.strip_suffix(":n") else {
+                    continue;
+                };
                 let n: u32 = count.parse().unwrap_or(0);
                 let idle = u64::try_from(self.config.backoff(n).as_millis()).unwrap_or(u64::MAX);
                 let value: redis::Value = redis::cmd("XCLAIM")
@@ -452,7 +508,11 @@ impl<C: ConnectionLike + Send> Consumer<C> {
                     .await?;
                 let claimed = reply::entries("XCLAIM", &value)?;
                 match claimed.into_iter().next() {
-                    Some((id, Some(fields))) => due.push(Entry { partition: p, id: id.parse()?, fields }),
+                    Some((id, Some(fields))) => due.push(Entry {
+                        partition: p,
+                        id: id.parse()?,
+                        fields,
+                    }),
                     _ => {
                         // Not claimable: still backing off, or no longer pending at all (settled
                         // by someone else, or acknowledged just before a crash): then forget it.
@@ -481,8 +541,9 @@ impl<C: ConnectionLike + Send> Consumer<C> {
                 self.metrics.claimed.fetch_add(1, Ordering::Relaxed);
                 let before = self.metrics.dead_lettered.load(Ordering::Relaxed);
                 done.settled += self.settle(vec![entry], true).await?;
-                done.dead_lettered += usize::try_from(self.metrics.dead_lettered.load(Ordering::Relaxed) - before)
-                    .unwrap_or(0);
+                done.dead_lettered +=
+                    usize::try_from(self.metrics.dead_lettered.load(Ordering::Relaxed) - before)
+                        .unwrap_or(0);
             }
         }
         Ok(done)
@@ -499,15 +560,34 @@ impl<C: ConnectionLike + Send> Consumer<C> {
         let mut trimmed = 0;
         for p in self.schema.partitions() {
             let key = self.schema.events(p);
-            let groups: redis::Value = redis::cmd("XINFO").arg("GROUPS").arg(&key).query_async(&mut self.redis).await?;
-            let Some(info) = reply::group_info(&groups, &self.config.group) else { continue };
-            let dead_letters: i64 = redis::cmd("XLEN").arg(dead_letter_key(p)).query_async(&mut self.redis).await?;
+            let groups: redis::Value = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async(&mut self.redis)
+                .await?;
+            let Some(info) = reply::group_info(&groups, &self.config.group) else {
+                continue;
+            };
+            let dead_letters: i64 = redis::cmd("XLEN")
+                .arg(dead_letter_key(p))
+                .query_async(&mut self.redis)
+                .await?;
             if let Ok(mut gauges) = self.metrics.partitions.lock() {
-                gauges.insert(p.index(), PartitionGauges { lag: info.lag, pending: info.pending, dead_letters });
+                gauges.insert(
+                    p.index(),
+                    PartitionGauges {
+                        lag: info.lag,
+                        pending: info.pending,
+                        dead_letters,
+                    },
+                );
             }
             let acknowledged: EntryId = if info.pending > 0 {
-                let summary: redis::Value =
-                    redis::cmd("XPENDING").arg(&key).arg(&self.config.group).query_async(&mut self.redis).await?;
+                let summary: redis::Value = redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(&self.config.group)
+                    .query_async(&mut self.redis)
+                    .await?;
                 match reply::lowest_pending(&summary) {
                     Some(id) => id.parse()?,
                     None => continue,
@@ -515,7 +595,9 @@ impl<C: ConnectionLike + Send> Consumer<C> {
             } else {
                 info.last_delivered.parse::<EntryId>()?.next()
             };
-            let Some(committed) = self.ledger.highest_applied(p).await? else { continue };
+            let Some(committed) = self.ledger.highest_applied(p).await? else {
+                continue;
+            };
             let below = acknowledged.min(committed.next());
             if below <= (EntryId { ms: 0, seq: 1 }) {
                 continue;
@@ -535,7 +617,10 @@ impl<C: ConnectionLike + Send> Consumer<C> {
 
 impl From<crate::event::EventError> for Error {
     fn from(e: crate::event::EventError) -> Self {
-        Error::Reply(reply::ReplyError { command: "stream id", detail: e.to_string() })
+        Error::Reply(reply::ReplyError {
+            command: "stream id",
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -545,7 +630,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        let c = ConsumerConfig { retry_base: Duration::from_millis(100), ..ConsumerConfig::default() };
+        let c = ConsumerConfig {
+            retry_base: Duration::from_millis(100),
+            ..ConsumerConfig::default()
+        };
         assert_eq!(c.backoff(1), Duration::from_millis(100));
         assert_eq!(c.backoff(2), Duration::from_millis(200));
         assert_eq!(c.backoff(4), Duration::from_millis(800));

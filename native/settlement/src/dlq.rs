@@ -35,10 +35,20 @@ impl fmt::Display for DeadLetterId {
 impl FromStr for DeadLetterId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Invalid(format!("dead-letter id {s:?} must look like p07/1700000000000-0"));
+        let bad = || {
+            Error::Invalid(format!(
+                "dead-letter id {s:?} must look like p07/1700000000000-0"
+            ))
+        };
         let (p, id) = s.split_once('/').ok_or_else(bad)?;
-        let p: u16 = p.strip_prefix('p').and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-        Ok(Self { partition: Partition::new(p), id: id.parse().map_err(|_| bad())? })
+        let p: u16 = p
+            .strip_prefix('p')
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(bad)?;
+        Ok(Self {
+            partition: Partition::new(p),
+            id: id.parse().map_err(|_| bad())?,
+        })
     }
 }
 
@@ -60,18 +70,34 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// The event type, if it has one.
     pub fn event_type(&self) -> &str {
-        self.fields.iter().find(|(k, _)| k == "type").map_or("", |(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(k, _)| k == "type")
+            .map_or("", |(_, v)| v.as_str())
     }
 }
 
 fn dead_letter(p: Partition, id: String, fields: Vec<(String, String)>) -> Result<DeadLetter> {
-    let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     Ok(DeadLetter {
-        id: DeadLetterId { partition: p, id: id.parse()? },
+        id: DeadLetterId {
+            partition: p,
+            id: id.parse()?,
+        },
         entry: get("dlq.entry"),
         error: get("dlq.error"),
         failures: get("dlq.failures").parse().unwrap_or(0),
-        fields: fields.iter().filter(|(k, _)| !k.starts_with("dlq.")).cloned().collect(),
+        fields: fields
+            .iter()
+            .filter(|(k, _)| !k.starts_with("dlq."))
+            .cloned()
+            .collect(),
     })
 }
 
@@ -79,7 +105,11 @@ fn dead_letter(p: Partition, id: String, fields: Vec<(String, String)>) -> Resul
 ///
 /// # Errors
 /// When Redis fails.
-pub async fn list<C: ConnectionLike + Send>(redis: &mut C, schema: &KeySchema, limit: usize) -> Result<Vec<DeadLetter>> {
+pub async fn list<C: ConnectionLike + Send>(
+    redis: &mut C,
+    schema: &KeySchema,
+    limit: usize,
+) -> Result<Vec<DeadLetter>> {
     let mut out = Vec::new();
     for p in schema.partitions() {
         if out.len() >= limit {
@@ -102,8 +132,12 @@ pub async fn list<C: ConnectionLike + Send>(redis: &mut C, schema: &KeySchema, l
 
 async fn get<C: ConnectionLike + Send>(redis: &mut C, id: DeadLetterId) -> Result<DeadLetter> {
     let key = dead_letter_key(id.partition);
-    let value: redis::Value =
-        redis::cmd("XRANGE").arg(&key).arg(id.id.to_string()).arg(id.id.to_string()).query_async(redis).await?;
+    let value: redis::Value = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg(id.id.to_string())
+        .arg(id.id.to_string())
+        .query_async(redis)
+        .await?;
     match reply::entries("XRANGE", &value)?.into_iter().next() {
         Some((entry, Some(fields))) => dead_letter(id.partition, entry, fields),
         _ => Err(Error::Invalid(format!("no dead letter {id}"))),
@@ -115,7 +149,11 @@ async fn get<C: ConnectionLike + Send>(redis: &mut C, id: DeadLetterId) -> Resul
 ///
 /// # Errors
 /// When there is no such entry or Redis fails.
-pub async fn retry<C: ConnectionLike + Send>(redis: &mut C, schema: &KeySchema, id: DeadLetterId) -> Result<String> {
+pub async fn retry<C: ConnectionLike + Send>(
+    redis: &mut C,
+    schema: &KeySchema,
+    id: DeadLetterId,
+) -> Result<String> {
     let letter = get(redis, id).await?;
     let mut fields = letter.fields.clone();
     if !fields.iter().any(|(k, _)| k == ORIGIN_FIELD) {
@@ -140,7 +178,11 @@ pub async fn retry<C: ConnectionLike + Send>(redis: &mut C, schema: &KeySchema, 
 /// # Errors
 /// When Redis fails.
 pub async fn drop<C: ConnectionLike + Send>(redis: &mut C, id: DeadLetterId) -> Result<bool> {
-    let n: i64 = redis::cmd("XDEL").arg(dead_letter_key(id.partition)).arg(id.id.to_string()).query_async(redis).await?;
+    let n: i64 = redis::cmd("XDEL")
+        .arg(dead_letter_key(id.partition))
+        .arg(id.id.to_string())
+        .query_async(redis)
+        .await?;
     Ok(n > 0)
 }
 

@@ -45,7 +45,10 @@ impl EntryId {
     pub fn next(self) -> Self {
         match self.seq.checked_add(1) {
             Some(seq) => Self { ms: self.ms, seq },
-            None => Self { ms: self.ms + 1, seq: 0 },
+            None => Self {
+                ms: self.ms + 1,
+                seq: 0,
+            },
         }
     }
 
@@ -65,7 +68,10 @@ impl FromStr for EntryId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || EventError::EntryId(s.to_owned());
         let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
-        Ok(Self { ms: ms.parse().map_err(|_| bad())?, seq: seq.parse().map_err(|_| bad())? })
+        Ok(Self {
+            ms: ms.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
     }
 }
 
@@ -94,12 +100,17 @@ impl Entry {
     /// The event's identity for idempotent apply: (partition, first stream id). A dead-letter
     /// retry re-adds the entry with its first id in [`ORIGIN_FIELD`].
     pub fn identity(&self) -> EntryId {
-        self.field(ORIGIN_FIELD).and_then(|o| o.parse().ok()).unwrap_or(self.id)
+        self.field(ORIGIN_FIELD)
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(self.id)
     }
 
     /// A field's value.
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -135,7 +146,10 @@ impl ReleaseReason {
 
 /// The typed event bodies, one per event type of the core's contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[expect(missing_docs, reason = "fields are named as the stream fields, documented in the core's contract")]
+#[expect(
+    missing_docs,
+    reason = "fields are named as the stream fields, documented in the core's contract"
+)]
 pub enum Body {
     SkuLoaded {
         stock: i64,
@@ -150,8 +164,20 @@ pub enum Body {
         ttl: i64,
         paywin: i64,
     },
-    ReservationCreated { rsv: String, seg: i64, qty: i64, buyer: String, expires: i64 },
-    ReservationReleased { rsv: String, seg: i64, qty: i64, buyer: String, reason: ReleaseReason },
+    ReservationCreated {
+        rsv: String,
+        seg: i64,
+        qty: i64,
+        buyer: String,
+        expires: i64,
+    },
+    ReservationReleased {
+        rsv: String,
+        seg: i64,
+        qty: i64,
+        buyer: String,
+        reason: ReleaseReason,
+    },
     OrderCreated {
         ord: String,
         rsv: String,
@@ -162,12 +188,40 @@ pub enum Body {
         currency: String,
         deadline: i64,
     },
-    OrderPaid { ord: String, seg: i64, qty: i64, psp_event: String, amount: i64, currency: String },
-    OrderCancelled { ord: String, seg: i64, qty: i64, reason: String },
-    OrderPaidAfterCancel { ord: String, qty: i64, psp_event: String, amount: i64, currency: String },
-    OrderRefundRequested { ord: String },
-    OrderRefunded { ord: String },
-    PaymentRejected { ord: String, psp_event: String, reason: String, amount: i64, currency: String },
+    OrderPaid {
+        ord: String,
+        seg: i64,
+        qty: i64,
+        psp_event: String,
+        amount: i64,
+        currency: String,
+    },
+    OrderCancelled {
+        ord: String,
+        seg: i64,
+        qty: i64,
+        reason: String,
+    },
+    OrderPaidAfterCancel {
+        ord: String,
+        qty: i64,
+        psp_event: String,
+        amount: i64,
+        currency: String,
+    },
+    OrderRefundRequested {
+        ord: String,
+    },
+    OrderRefunded {
+        ord: String,
+    },
+    PaymentRejected {
+        ord: String,
+        psp_event: String,
+        reason: String,
+        amount: i64,
+        currency: String,
+    },
 }
 
 impl Body {
@@ -192,18 +246,27 @@ struct Fields<'a>(HashMap<&'a str, &'a str>);
 
 impl<'a> Fields<'a> {
     fn text(&self, name: &'static str) -> Result<String, EventError> {
-        self.0.get(name).map(|v| (*v).to_owned()).ok_or(EventError::Missing(name))
+        self.0
+            .get(name)
+            .map(|v| (*v).to_owned())
+            .ok_or(EventError::Missing(name))
     }
 
     fn int(&self, name: &'static str) -> Result<i64, EventError> {
         let v = self.0.get(name).ok_or(EventError::Missing(name))?;
-        v.parse().map_err(|_| EventError::Invalid { field: name, value: (*v).to_owned() })
+        v.parse().map_err(|_| EventError::Invalid {
+            field: name,
+            value: (*v).to_owned(),
+        })
     }
 
     fn nonempty(&self, name: &'static str) -> Result<String, EventError> {
         let v = self.text(name)?;
         if v.is_empty() {
-            return Err(EventError::Invalid { field: name, value: v });
+            return Err(EventError::Invalid {
+                field: name,
+                value: v,
+            });
         }
         Ok(v)
     }
@@ -211,7 +274,10 @@ impl<'a> Fields<'a> {
     fn qty(&self) -> Result<i64, EventError> {
         let q = self.int("qty")?;
         if q <= 0 {
-            return Err(EventError::Invalid { field: "qty", value: q.to_string() });
+            return Err(EventError::Invalid {
+                field: "qty",
+                value: q.to_string(),
+            });
         }
         Ok(q)
     }
@@ -224,9 +290,15 @@ fn parse_segments(value: &str) -> Result<Vec<(i64, i64)>, EventError> {
     value
         .split(',')
         .map(|pair| {
-            let bad = || EventError::Invalid { field: "segments", value: value.to_owned() };
+            let bad = || EventError::Invalid {
+                field: "segments",
+                value: value.to_owned(),
+            };
             let (seg, initial) = pair.split_once(':').ok_or_else(bad)?;
-            Ok((seg.trim().parse().map_err(|_| bad())?, initial.trim().parse().map_err(|_| bad())?))
+            Ok((
+                seg.trim().parse().map_err(|_| bad())?,
+                initial.trim().parse().map_err(|_| bad())?,
+            ))
         })
         .collect()
 }
@@ -237,7 +309,12 @@ impl Event {
     /// # Errors
     /// When `type` is unknown or a field of that type is missing or malformed.
     pub fn parse(fields: &[(String, String)]) -> Result<Self, EventError> {
-        let f = Fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
+        let f = Fields(
+            fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        );
         let kind = f.text("type")?;
         let at = f.int("at")?;
         let sku = f.nonempty("sku")?;
@@ -269,7 +346,12 @@ impl Event {
                 reason: match f.text("reason")?.as_str() {
                     "expired" => ReleaseReason::Expired,
                     "cancelled" => ReleaseReason::Cancelled,
-                    other => return Err(EventError::Invalid { field: "reason", value: other.to_owned() }),
+                    other => {
+                        return Err(EventError::Invalid {
+                            field: "reason",
+                            value: other.to_owned(),
+                        });
+                    }
                 },
             },
             "order.created" => Body::OrderCreated {
@@ -303,8 +385,12 @@ impl Event {
                 amount: f.int("amount")?,
                 currency: f.text("currency")?,
             },
-            "order.refund_requested" => Body::OrderRefundRequested { ord: f.nonempty("ord")? },
-            "order.refunded" => Body::OrderRefunded { ord: f.nonempty("ord")? },
+            "order.refund_requested" => Body::OrderRefundRequested {
+                ord: f.nonempty("ord")?,
+            },
+            "order.refunded" => Body::OrderRefunded {
+                ord: f.nonempty("ord")?,
+            },
             "payment.rejected" => Body::PaymentRejected {
                 ord: f.nonempty("ord")?,
                 psp_event: f.nonempty("psp_event")?,
@@ -323,16 +409,32 @@ mod tests {
     use super::*;
 
     fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
     fn entry_ids_order_and_step() {
         let a: EntryId = "1700000000000-5".parse().unwrap();
         assert_eq!(a.to_string(), "1700000000000-5");
-        assert_eq!(a.next(), EntryId { ms: 1_700_000_000_000, seq: 6 });
+        assert_eq!(
+            a.next(),
+            EntryId {
+                ms: 1_700_000_000_000,
+                seq: 6
+            }
+        );
         assert!(a < "1700000000001-0".parse().unwrap());
-        assert_eq!(EntryId { ms: 1, seq: u64::MAX }.next(), EntryId { ms: 2, seq: 0 });
+        assert_eq!(
+            EntryId {
+                ms: 1,
+                seq: u64::MAX
+            }
+            .next(),
+            EntryId { ms: 2, seq: 0 }
+        );
         assert!("17".parse::<EntryId>().is_err());
         assert!("a-b".parse::<EntryId>().is_err());
     }
@@ -340,14 +442,26 @@ mod tests {
     #[test]
     fn parses_sku_loaded_with_segments() {
         let e = Event::parse(&fields(&[
-            ("type", "sku.loaded"), ("at", "10"), ("sku", "drop-1"), ("stock", "100"),
-            ("segs", "4"), ("segments", "0:25,4:25"), ("price", "1999"), ("currency", "EUR"),
-            ("start", "0"), ("end", "99"), ("limit", "2"), ("ttl", "600000"), ("paywin", "900000"),
+            ("type", "sku.loaded"),
+            ("at", "10"),
+            ("sku", "drop-1"),
+            ("stock", "100"),
+            ("segs", "4"),
+            ("segments", "0:25,4:25"),
+            ("price", "1999"),
+            ("currency", "EUR"),
+            ("start", "0"),
+            ("end", "99"),
+            ("limit", "2"),
+            ("ttl", "600000"),
+            ("paywin", "900000"),
         ]))
         .unwrap();
         assert_eq!(e.sku, "drop-1");
         match e.body {
-            Body::SkuLoaded { segments, stock, .. } => {
+            Body::SkuLoaded {
+                segments, stock, ..
+            } => {
                 assert_eq!(segments, vec![(0, 25), (4, 25)]);
                 assert_eq!(stock, 100);
             }
@@ -358,9 +472,19 @@ mod tests {
     #[test]
     fn config_only_copy_has_no_segments() {
         let e = Event::parse(&fields(&[
-            ("type", "sku.loaded"), ("at", "10"), ("sku", "s"), ("stock", "1"), ("segs", "1"),
-            ("segments", ""), ("price", "1"), ("currency", "EUR"), ("start", "0"), ("end", "9"),
-            ("limit", "0"), ("ttl", "1"), ("paywin", "1"),
+            ("type", "sku.loaded"),
+            ("at", "10"),
+            ("sku", "s"),
+            ("stock", "1"),
+            ("segs", "1"),
+            ("segments", ""),
+            ("price", "1"),
+            ("currency", "EUR"),
+            ("start", "0"),
+            ("end", "9"),
+            ("limit", "0"),
+            ("ttl", "1"),
+            ("paywin", "1"),
         ]))
         .unwrap();
         assert!(matches!(e.body, Body::SkuLoaded { ref segments, .. } if segments.is_empty()));
@@ -369,14 +493,26 @@ mod tests {
     #[test]
     fn rejects_unknown_types_and_bad_fields() {
         let unknown = fields(&[("type", "order.teleported"), ("at", "1"), ("sku", "s")]);
-        assert_eq!(Event::parse(&unknown), Err(EventError::UnknownType("order.teleported".into())));
+        assert_eq!(
+            Event::parse(&unknown),
+            Err(EventError::UnknownType("order.teleported".into()))
+        );
         let missing = fields(&[("type", "order.refunded"), ("at", "1"), ("sku", "s")]);
         assert_eq!(Event::parse(&missing), Err(EventError::Missing("ord")));
         let zero = fields(&[
-            ("type", "reservation.created"), ("at", "1"), ("sku", "s"), ("rsv", "r"), ("seg", "0"),
-            ("qty", "0"), ("buyer", "b"), ("expires", "5"),
+            ("type", "reservation.created"),
+            ("at", "1"),
+            ("sku", "s"),
+            ("rsv", "r"),
+            ("seg", "0"),
+            ("qty", "0"),
+            ("buyer", "b"),
+            ("expires", "5"),
         ]);
-        assert!(matches!(Event::parse(&zero), Err(EventError::Invalid { field: "qty", .. })));
+        assert!(matches!(
+            Event::parse(&zero),
+            Err(EventError::Invalid { field: "qty", .. })
+        ));
     }
 
     #[test]

@@ -153,8 +153,14 @@ pub struct Ledger {
 fn migrator(backend: Backend) -> Migrator {
     // Embedded, so a deployed binary needs no migrations directory beside it.
     let (sql, name) = match backend {
-        Backend::Sqlite => (include_str!("../migrations/sqlite/0001_ledger.sql"), "ledger"),
-        Backend::Postgres => (include_str!("../migrations/postgres/0001_ledger.sql"), "ledger"),
+        Backend::Sqlite => (
+            include_str!("../migrations/sqlite/0001_ledger.sql"),
+            "ledger",
+        ),
+        Backend::Postgres => (
+            include_str!("../migrations/postgres/0001_ledger.sql"),
+            "ledger",
+        ),
     };
     Migrator::with_migrations(vec![Migration::new(
         1,
@@ -181,7 +187,9 @@ fn is_transient(err: &sqlx::Error) -> bool {
                 _ => db.code().is_some_and(|code| {
                     let code = code.as_ref();
                     matches!(code.parse::<i64>().map(|c| c & 0xff), Ok(5 | 6))
-                        || ["08", "40", "53", "57"].iter().any(|class| code.starts_with(class))
+                        || ["08", "40", "53", "57"]
+                            .iter()
+                            .any(|class| code.starts_with(class))
                 }),
             }
         }
@@ -206,7 +214,10 @@ impl Ledger {
         sqlx::any::install_default_drivers();
         let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_owned())
-        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             (Backend::Sqlite, sqlite_url(path))
         } else if !url.contains("://") && !url.is_empty() {
             (Backend::Sqlite, sqlite_url(url))
@@ -217,22 +228,30 @@ impl Ledger {
         let pool = match backend {
             // One writer at a time is all SQLite allows; a few connections let readers
             // (reconcile, metrics) run beside the writer under WAL.
-            Backend::Sqlite => AnyPoolOptions::new()
-                .max_connections(4)
-                .after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        // WAL: readers never block the writer. synchronous=NORMAL: a commit
-                        // survives a process crash (SIGKILL), which is what settlement's
-                        // exactly-once argument needs; only an OS crash may lose the last
-                        // commits, and those events are still unacknowledged in Redis.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
-                        Ok(())
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            // WAL: readers never block the writer. synchronous=NORMAL: a commit
+                            // survives a process crash (SIGKILL), which is what settlement's
+                            // exactly-once argument needs; only an OS crash may lose the last
+                            // commits, and those events are still unacknowledged in Redis.
+                            sqlx::query("PRAGMA journal_mode = WAL")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA synchronous = NORMAL")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA busy_timeout = 10000")
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(())
+                        })
                     })
-                })
-                .connect_with(options)
-                .await?,
+                    .connect_with(options)
+                    .await?
+            }
             Backend::Postgres => {
                 AnyPoolOptions::new()
                     .max_connections(8)
@@ -276,7 +295,15 @@ impl Ledger {
                 if i > 0 {
                     sql.push(',');
                 }
-                sql.push_str(&format!("(${},${},${},${},${},${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
+                sql.push_str(&format!(
+                    "(${},${},${},${},${},${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                ));
             }
             sql.push_str(" ON CONFLICT DO NOTHING RETURNING part, entry_ms, entry_seq");
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -290,12 +317,20 @@ impl Ledger {
                     .bind(e.event.at);
             }
             for row in q.fetch_all(&mut *tx).await? {
-                fresh.insert((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?, row.try_get::<i64, _>(2)?));
+                fresh.insert((
+                    row.try_get::<i64, _>(0)?,
+                    row.try_get::<i64, _>(1)?,
+                    row.try_get::<i64, _>(2)?,
+                ));
             }
         }
         let mut applied = Applied::default();
         for (index, e) in events.iter().enumerate() {
-            let key = (i64::from(e.partition.index()), e.identity.ms_sql(), e.identity.seq_sql());
+            let key = (
+                i64::from(e.partition.index()),
+                e.identity.ms_sql(),
+                e.identity.seq_sql(),
+            );
             // `remove`, not `contains`: the same identity twice in one batch applies once.
             if !fresh.remove(&key) {
                 applied.duplicates += 1;
@@ -347,8 +382,13 @@ impl Ledger {
     /// # Errors
     /// When the database fails.
     pub async fn skus(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT sku FROM skus ORDER BY sku").fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
+        let rows = sqlx::query("SELECT sku FROM skus ORDER BY sku")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Row counts of every table.
@@ -391,6 +431,31 @@ impl Ledger {
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
+    /// Every applied event's identity, `(partition, entry id)`, in order (audits and tests;
+    /// reads the whole `applied_events` table).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn applied_ids(&self) -> Result<Vec<(Partition, EntryId)>> {
+        let rows = sqlx::query("SELECT part, entry_ms, entry_seq FROM applied_events ORDER BY part, entry_ms, entry_seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let part: i64 = r.try_get(0)?;
+                let ms: i64 = r.try_get(1)?;
+                let seq: i64 = r.try_get(2)?;
+                Ok((
+                    Partition::new(u16::try_from(part).unwrap_or(u16::MAX)),
+                    EntryId {
+                        ms: u64::try_from(ms).unwrap_or(0),
+                        seq: u64::try_from(seq).unwrap_or(0),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// The highest identity applied from `partition`'s stream, if any.
     ///
     /// # Errors
@@ -417,7 +482,10 @@ impl Ledger {
     /// # Errors
     /// When the database fails.
     pub async fn order_state(&self, ord: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT state FROM orders WHERE ord = $1").bind(ord).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT state FROM orders WHERE ord = $1")
+            .bind(ord)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
@@ -426,8 +494,10 @@ impl Ledger {
     /// # Errors
     /// When the database fails.
     pub async fn reservation_state(&self, rsv: &str) -> Result<Option<String>> {
-        let row =
-            sqlx::query("SELECT state FROM reservations WHERE rsv = $1").bind(rsv).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT state FROM reservations WHERE rsv = $1")
+            .bind(rsv)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
@@ -436,7 +506,10 @@ impl Ledger {
     /// # Errors
     /// When the database fails.
     pub async fn refund_state(&self, ord: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT state FROM refunds WHERE ord = $1").bind(ord).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT state FROM refunds WHERE ord = $1")
+            .bind(ord)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
@@ -445,11 +518,35 @@ impl Ledger {
     /// # Errors
     /// When the database fails.
     pub async fn refunds_to_request(&self, limit: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT ord FROM refunds WHERE state = 'to_request' ORDER BY created_at, ord LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
+        let rows = sqlx::query(
+            "SELECT ord FROM refunds WHERE state = 'to_request' ORDER BY created_at, ord LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Every reservation and order of `sku` with its state: `(kind, id, state)`, kind being
+    /// `reservation` or `order`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn records(&self, sku: &str) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT 'reservation', rsv, state FROM reservations WHERE sku = $1
+             UNION ALL
+             SELECT 'order', ord, state FROM orders WHERE sku = $1",
+        )
+        .bind(sku)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
     }
 
     /// Number of reservations and orders per state for `sku`: `(kind, state, count)`.
@@ -487,7 +584,11 @@ enum Failure {
 
 impl From<sqlx::Error> for Failure {
     fn from(err: sqlx::Error) -> Self {
-        if is_transient(&err) { Self::Storage(err) } else { Self::Event(EventFailure::Refused(err)) }
+        if is_transient(&err) {
+            Self::Storage(err)
+        } else {
+            Self::Event(EventFailure::Refused(err))
+        }
     }
 }
 
@@ -517,10 +618,20 @@ async fn transition(
         .map(|r| r.try_get(0))
         .transpose()?;
     let Some(current) = current else {
-        return Err(EventFailure::Missing { what: "order", id: ord.to_owned() }.into());
+        return Err(EventFailure::Missing {
+            what: "order",
+            id: ord.to_owned(),
+        }
+        .into());
     };
     if !from.contains(&current.as_str()) {
-        return Err(EventFailure::IllegalTransition { event, what: "order", id: ord.to_owned(), state: current }.into());
+        return Err(EventFailure::IllegalTransition {
+            event,
+            what: "order",
+            id: ord.to_owned(),
+            state: current,
+        }
+        .into());
     }
     // The state guard makes a concurrent writer of the same order lose cleanly (0 rows).
     let done = sqlx::query(
@@ -535,7 +646,13 @@ async fn transition(
     .execute(&mut **tx)
     .await?;
     if done.rows_affected() != 1 {
-        return Err(EventFailure::IllegalTransition { event, what: "order", id: ord.to_owned(), state: current }.into());
+        return Err(EventFailure::IllegalTransition {
+            event,
+            what: "order",
+            id: ord.to_owned(),
+            state: current,
+        }
+        .into());
     }
     order_event(tx, e, ord, Some(&current), to, detail).await
 }
@@ -593,7 +710,18 @@ async fn apply_one(tx: &mut Tx<'_>, e: &Applicable) -> Result<(), Failure> {
     let at = e.event.at;
     let sku = e.event.sku.as_str();
     match &e.event.body {
-        Body::SkuLoaded { stock, segs, segments, price, currency, start, end, limit, ttl, paywin } => {
+        Body::SkuLoaded {
+            stock,
+            segs,
+            segments,
+            price,
+            currency,
+            start,
+            end,
+            limit,
+            ttl,
+            paywin,
+        } => {
             // Every partition sends its own copy of the configuration: the newest load wins.
             sqlx::query(
                 "INSERT INTO skus (sku, stock, segments, price, currency, starts_at, ends_at, buyer_limit,
@@ -631,7 +759,13 @@ async fn apply_one(tx: &mut Tx<'_>, e: &Applicable) -> Result<(), Failure> {
                 .await?;
             }
         }
-        Body::ReservationCreated { rsv, seg, qty, buyer, expires } => {
+        Body::ReservationCreated {
+            rsv,
+            seg,
+            qty,
+            buyer,
+            expires,
+        } => {
             sqlx::query(
                 "INSERT INTO reservations (rsv, sku, segment, qty, buyer, expires_at, state, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6, 'held', $7)",
@@ -649,7 +783,16 @@ async fn apply_one(tx: &mut Tx<'_>, e: &Applicable) -> Result<(), Failure> {
         Body::ReservationReleased { rsv, reason, .. } => {
             close_reservation(tx, e, rsv, reason.state()).await?;
         }
-        Body::OrderCreated { ord, rsv, seg, qty, buyer, amount, currency, deadline } => {
+        Body::OrderCreated {
+            ord,
+            rsv,
+            seg,
+            qty,
+            buyer,
+            amount,
+            currency,
+            deadline,
+        } => {
             close_reservation(tx, e, rsv, "ordered").await?;
             sqlx::query(
                 "INSERT INTO orders (ord, rsv, sku, segment, qty, buyer, amount, currency, deadline_at, state,
@@ -670,15 +813,46 @@ async fn apply_one(tx: &mut Tx<'_>, e: &Applicable) -> Result<(), Failure> {
             .await?;
             order_event(tx, e, ord, None, "pending_payment", "").await?;
         }
-        Body::OrderPaid { ord, qty, psp_event, amount, currency, .. } => {
-            transition(tx, e, ord, &["pending_payment"], "paid", Some(*qty), psp_event).await?;
+        Body::OrderPaid {
+            ord,
+            qty,
+            psp_event,
+            amount,
+            currency,
+            ..
+        } => {
+            transition(
+                tx,
+                e,
+                ord,
+                &["pending_payment"],
+                "paid",
+                Some(*qty),
+                psp_event,
+            )
+            .await?;
             payment(tx, e, psp_event, ord, *amount, currency, "captured").await?;
         }
         Body::OrderCancelled { ord, reason, .. } => {
             transition(tx, e, ord, &["pending_payment"], "cancelled", None, reason).await?;
         }
-        Body::OrderPaidAfterCancel { ord, psp_event, amount, currency, .. } => {
-            transition(tx, e, ord, &["cancelled"], "paid_after_cancel", None, psp_event).await?;
+        Body::OrderPaidAfterCancel {
+            ord,
+            psp_event,
+            amount,
+            currency,
+            ..
+        } => {
+            transition(
+                tx,
+                e,
+                ord,
+                &["cancelled"],
+                "paid_after_cancel",
+                None,
+                psp_event,
+            )
+            .await?;
             payment(tx, e, psp_event, ord, *amount, currency, "after_cancel").await?;
             // The refund settlement owes the buyer; the timers ask the core for it after commit.
             sqlx::query(
@@ -694,7 +868,16 @@ async fn apply_one(tx: &mut Tx<'_>, e: &Applicable) -> Result<(), Failure> {
             .await?;
         }
         Body::OrderRefundRequested { ord } => {
-            transition(tx, e, ord, &["paid", "paid_after_cancel"], "refund_pending", None, "").await?;
+            transition(
+                tx,
+                e,
+                ord,
+                &["paid", "paid_after_cancel"],
+                "refund_pending",
+                None,
+                "",
+            )
+            .await?;
             sqlx::query(
                 "INSERT INTO refunds (ord, state, created_at, updated_at) VALUES ($1, 'requested', $2, $2)
                  ON CONFLICT (ord) DO UPDATE SET state = 'requested', updated_at = excluded.updated_at",
@@ -715,21 +898,43 @@ async fn apply_one(tx: &mut Tx<'_>, e: &Applicable) -> Result<(), Failure> {
             .execute(&mut **tx)
             .await?;
         }
-        Body::PaymentRejected { ord, psp_event, reason, amount, currency } => {
-            payment(tx, e, psp_event, ord, *amount, currency, &format!("rejected_{reason}")).await?;
+        Body::PaymentRejected {
+            ord,
+            psp_event,
+            reason,
+            amount,
+            currency,
+        } => {
+            payment(
+                tx,
+                e,
+                psp_event,
+                ord,
+                *amount,
+                currency,
+                &format!("rejected_{reason}"),
+            )
+            .await?;
         }
     }
     Ok(())
 }
 
 /// Ends a held reservation (`ordered`, `expired` or `cancelled`).
-async fn close_reservation(tx: &mut Tx<'_>, e: &Applicable, rsv: &str, to: &str) -> Result<(), Failure> {
-    let done = sqlx::query("UPDATE reservations SET state = $1, closed_at = $2 WHERE rsv = $3 AND state = 'held'")
-        .bind(to)
-        .bind(e.event.at)
-        .bind(rsv)
-        .execute(&mut **tx)
-        .await?;
+async fn close_reservation(
+    tx: &mut Tx<'_>,
+    e: &Applicable,
+    rsv: &str,
+    to: &str,
+) -> Result<(), Failure> {
+    let done = sqlx::query(
+        "UPDATE reservations SET state = $1, closed_at = $2 WHERE rsv = $3 AND state = 'held'",
+    )
+    .bind(to)
+    .bind(e.event.at)
+    .bind(rsv)
+    .execute(&mut **tx)
+    .await?;
     if done.rows_affected() == 1 {
         return Ok(());
     }
@@ -740,7 +945,10 @@ async fn close_reservation(tx: &mut Tx<'_>, e: &Applicable, rsv: &str, to: &str)
         .map(|r| r.try_get(0))
         .transpose()?;
     Err(match state {
-        None => EventFailure::Missing { what: "reservation", id: rsv.to_owned() },
+        None => EventFailure::Missing {
+            what: "reservation",
+            id: rsv.to_owned(),
+        },
         Some(state) => EventFailure::IllegalTransition {
             event: e.event.body.type_name(),
             what: "reservation",

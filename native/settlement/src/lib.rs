@@ -8,6 +8,8 @@
 //! - [`consumer`]: the consumer group worker — read, apply in one transaction, acknowledge;
 //!   claim what dead consumers left, retry with backoff, dead-letter, trim.
 //! - [`dlq`]: list, retry and drop dead-lettered entries.
+//! - [`timers`]: reservation expiry, payment deadlines and refund requests, through the core.
+//! - [`reconcile`]: Redis levels and records against the ledger, per SKU; careful repair.
 //! - [`metrics`]: counters and gauges, served on `/metrics` and `/health`.
 //! - [`run`]: the service loop the `flashcart settle` command (and the `flashcart-settle`
 //!   binary) runs until shutdown.
@@ -18,7 +20,9 @@ pub mod dlq;
 pub mod event;
 pub mod ledger;
 pub mod metrics;
+pub mod reconcile;
 mod reply;
+pub mod timers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,6 +54,10 @@ pub enum Error {
     /// A bad argument (e.g. a dead-letter id that does not parse).
     #[error("{0}")]
     Invalid(String),
+    /// An inventory function answered with a rejection settlement cannot handle (mostly
+    /// "unavailable": Redis failed under it).
+    #[error("inventory: {0}")]
+    Inventory(flashcart_core::Rejection),
 }
 
 impl From<sqlx::Error> for Error {
@@ -71,7 +79,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         Some(i) => text.split_at(i),
         None => (text, "ms"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 500ms, 10s, 2m)"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (try 500ms, 10s, 2m)"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -94,7 +104,11 @@ fn default_consumer() -> String {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Redis holding the partition streams.
-    #[arg(long, env = "FLASHCART_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "FLASHCART_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// The ledger: `postgres://…`, `sqlite://PATH` or a file path. Default:
     /// `<data-dir>/ledger.sqlite`.
@@ -131,6 +145,12 @@ pub struct Config {
     /// How often to claim, retry, trim and refresh gauges.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub maintain_every: Duration,
+    /// Do not run the expiry/deadline timers and refund requests in this process.
+    #[arg(long)]
+    pub no_timers: bool,
+    /// Most reservations (and orders) a timer pass handles per partition.
+    #[arg(long, default_value_t = 500)]
+    pub timer_batch: usize,
     /// Serve `/metrics` and `/health` here (e.g. 127.0.0.1:9187).
     #[arg(long, env = "FLASHCART_SETTLE_METRICS")]
     pub metrics_addr: Option<SocketAddr>,
@@ -152,6 +172,8 @@ impl Config {
             retry_base: Duration::from_secs(1),
             idle_wait: Duration::from_millis(50),
             maintain_every: Duration::from_secs(1),
+            no_timers: false,
+            timer_batch: 500,
             metrics_addr: None,
         }
     }
@@ -195,7 +217,20 @@ impl Config {
                 .with_context(|| format!("creating data dir {}", self.data_dir.display()))?;
         }
         let url = self.ledger_url();
-        Ledger::open(&url).await.with_context(|| format!("opening the ledger at {url}"))
+        Ledger::open(&url)
+            .await
+            .with_context(|| format!("opening the ledger at {url}"))
+    }
+
+    /// Connects the core's inventory client (loading the function library if missing).
+    ///
+    /// # Errors
+    /// When Redis cannot be reached or refuses the library.
+    pub async fn open_inventory(&self) -> anyhow::Result<flashcart_inventory::NativeInventory> {
+        let target = flashcart_inventory::Target::Single(self.redis_url.clone());
+        flashcart_inventory::open(&target, self.schema()?, flashcart_core::Settings::default())
+            .await
+            .with_context(|| format!("opening the inventory at {}", self.redis_url))
     }
 
     /// Connects to Redis (reconnecting on its own after a dropped connection).
@@ -204,7 +239,10 @@ impl Config {
     /// When the URL is invalid or Redis cannot be reached.
     pub async fn connect_redis(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
         let client = redis::Client::open(self.redis_url.as_str()).context("--redis-url")?;
-        client.get_connection_manager().await.with_context(|| format!("connecting to {}", self.redis_url))
+        client
+            .get_connection_manager()
+            .await
+            .with_context(|| format!("connecting to {}", self.redis_url))
     }
 }
 
@@ -235,15 +273,37 @@ pub async fn run_with(
     let mut consumer_config = config.consumer_config();
     consumer_config.after_commit = after_commit;
     let name = consumer_config.consumer.clone();
-    let mut consumer = Consumer::new(redis, ledger.clone(), schema, consumer_config, metrics.clone())
-        .await
-        .context("creating the consumer group")?;
+    let mut consumer = Consumer::new(
+        redis,
+        ledger.clone(),
+        schema,
+        consumer_config,
+        metrics.clone(),
+    )
+    .await
+    .context("creating the consumer group")?;
+    let timers = if config.no_timers {
+        None
+    } else {
+        let inventory = config.open_inventory().await?;
+        Some(timers::Timers::new(
+            inventory,
+            ledger.clone(),
+            metrics.clone(),
+            config.timer_batch,
+        ))
+    };
     let server = match config.metrics_addr {
         Some(addr) => {
-            let listener =
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics on {addr}"))?;
             let stale = (config.maintain_every * 10).max(Duration::from_secs(30));
-            Some(tokio::spawn(metrics::serve(listener, metrics.clone(), stale)))
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                stale,
+            )))
         }
         None => None,
     };
@@ -264,6 +324,12 @@ pub async fn run_with(
             let maintained = async {
                 let recovered = consumer.recover().await?;
                 let trimmed = consumer.trim().await?;
+                if let Some(timers) = &timers {
+                    let fired = timers.fire(flashcart_core::Now::Server).await?;
+                    if fired != timers::Fired::default() {
+                        tracing::info!(?fired, "timers fired");
+                    }
+                }
                 Ok::<_, Error>((recovered, trimmed))
             }
             .await;
@@ -287,7 +353,9 @@ pub async fn run_with(
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let transient = match &e {
-                    Error::Redis(r) => r.is_timeout() || r.is_connection_dropped() || r.is_io_error(),
+                    Error::Redis(r) => {
+                        r.is_timeout() || r.is_connection_dropped() || r.is_io_error()
+                    }
                     _ => false,
                 };
                 tracing::warn!(error = %e, transient, failures, "settlement step failed; retrying");

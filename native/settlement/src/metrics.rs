@@ -64,14 +64,18 @@ pub fn now_ms_public() -> u64 {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Metrics {
     /// Records a committed batch.
     pub fn batch(&self, applied: usize, duplicates: usize, took: Duration) {
-        self.events_applied.fetch_add(applied as u64, Ordering::Relaxed);
-        self.events_duplicate.fetch_add(duplicates as u64, Ordering::Relaxed);
+        self.events_applied
+            .fetch_add(applied as u64, Ordering::Relaxed);
+        self.events_duplicate
+            .fetch_add(duplicates as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.batch_micros.fetch_add(micros, Ordering::Relaxed);
@@ -86,35 +90,106 @@ impl Metrics {
     /// Whether the worker succeeded within `within`.
     pub fn healthy(&self, within: Duration) -> bool {
         let last = self.last_success_ms.load(Ordering::Relaxed);
-        last > 0 && now_ms().saturating_sub(last) <= u64::try_from(within.as_millis()).unwrap_or(u64::MAX)
+        last > 0
+            && now_ms().saturating_sub(last)
+                <= u64::try_from(within.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The metrics in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters: [(&str, &str, &AtomicU64); 12] = [
-            ("flashcart_settle_events_applied_total", "Events applied to the ledger.", &self.events_applied),
-            ("flashcart_settle_events_duplicate_total", "Redeliveries skipped as already applied.", &self.events_duplicate),
-            ("flashcart_settle_batches_total", "Batches committed.", &self.batches),
-            ("flashcart_settle_batch_seconds_sum_micros", "Sum of batch latencies in microseconds.", &self.batch_micros),
-            ("flashcart_settle_event_failures_total", "Failed tries to apply an event.", &self.event_failures),
-            ("flashcart_settle_dead_lettered_total", "Entries moved to a dead-letter stream.", &self.dead_lettered),
-            ("flashcart_settle_claimed_total", "Entries claimed from dead consumers or retried.", &self.claimed),
-            ("flashcart_settle_trimmed_total", "Stream entries trimmed.", &self.trimmed),
-            ("flashcart_settle_timers_expired_total", "Reservations released by the expiry timer.", &self.timers_expired),
-            ("flashcart_settle_timers_cancelled_total", "Orders cancelled at their payment deadline.", &self.timers_cancelled),
-            ("flashcart_settle_refunds_requested_total", "Refund requests for orders paid after cancellation.", &self.refunds_requested),
-            ("flashcart_settle_last_batch_micros", "Latency of the last batch in microseconds.", &self.last_batch_micros),
+            (
+                "flashcart_settle_events_applied_total",
+                "Events applied to the ledger.",
+                &self.events_applied,
+            ),
+            (
+                "flashcart_settle_events_duplicate_total",
+                "Redeliveries skipped as already applied.",
+                &self.events_duplicate,
+            ),
+            (
+                "flashcart_settle_batches_total",
+                "Batches committed.",
+                &self.batches,
+            ),
+            (
+                "flashcart_settle_batch_seconds_sum_micros",
+                "Sum of batch latencies in microseconds.",
+                &self.batch_micros,
+            ),
+            (
+                "flashcart_settle_event_failures_total",
+                "Failed tries to apply an event.",
+                &self.event_failures,
+            ),
+            (
+                "flashcart_settle_dead_lettered_total",
+                "Entries moved to a dead-letter stream.",
+                &self.dead_lettered,
+            ),
+            (
+                "flashcart_settle_claimed_total",
+                "Entries claimed from dead consumers or retried.",
+                &self.claimed,
+            ),
+            (
+                "flashcart_settle_trimmed_total",
+                "Stream entries trimmed.",
+                &self.trimmed,
+            ),
+            (
+                "flashcart_settle_timers_expired_total",
+                "Reservations released by the expiry timer.",
+                &self.timers_expired,
+            ),
+            (
+                "flashcart_settle_timers_cancelled_total",
+                "Orders cancelled at their payment deadline.",
+                &self.timers_cancelled,
+            ),
+            (
+                "flashcart_settle_refunds_requested_total",
+                "Refund requests for orders paid after cancellation.",
+                &self.refunds_requested,
+            ),
+            (
+                "flashcart_settle_last_batch_micros",
+                "Latency of the last batch in microseconds.",
+                &self.last_batch_micros,
+            ),
         ];
         for (name, help, value) in counters {
-            let kind = if name.ends_with("_total") || name.ends_with("_sum_micros") { "counter" } else { "gauge" };
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
+            let kind = if name.ends_with("_total") || name.ends_with("_sum_micros") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
-        let partitions = self.partitions.lock().map(|g| g.clone()).unwrap_or_default();
+        let partitions = self
+            .partitions
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default();
         for (name, help) in [
-            ("flashcart_settle_lag", "Stream entries not yet delivered to the settlement group."),
-            ("flashcart_settle_pending", "Stream entries delivered but not acknowledged."),
-            ("flashcart_settle_dead_letters", "Entries in the dead-letter stream."),
+            (
+                "flashcart_settle_lag",
+                "Stream entries not yet delivered to the settlement group.",
+            ),
+            (
+                "flashcart_settle_pending",
+                "Stream entries delivered but not acknowledged.",
+            ),
+            (
+                "flashcart_settle_dead_letters",
+                "Entries in the dead-letter stream.",
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for (p, g) in &partitions {
@@ -137,11 +212,14 @@ impl Metrics {
 /// while the worker succeeded within `stale_after`, else 503.
 pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>, stale_after: Duration) {
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else { continue };
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
+            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
+            {
                 Ok(Ok(n)) => n,
                 _ => return,
             };
@@ -171,9 +249,19 @@ mod tests {
     fn renders_counters_and_partition_gauges() {
         let m = Metrics::default();
         m.batch(10, 2, Duration::from_micros(1500));
-        m.partitions.lock().unwrap().insert(3, PartitionGauges { lag: Some(4), pending: 1, dead_letters: 0 });
+        m.partitions.lock().unwrap().insert(
+            3,
+            PartitionGauges {
+                lag: Some(4),
+                pending: 1,
+                dead_letters: 0,
+            },
+        );
         let text = m.render();
-        assert!(text.contains("flashcart_settle_events_applied_total 10\n"), "{text}");
+        assert!(
+            text.contains("flashcart_settle_events_applied_total 10\n"),
+            "{text}"
+        );
         assert!(text.contains("flashcart_settle_events_duplicate_total 2\n"));
         assert!(text.contains("flashcart_settle_lag{partition=\"p03\"} 4\n"));
         assert!(text.contains("flashcart_settle_pending{partition=\"p03\"} 1\n"));

@@ -15,7 +15,10 @@ pub struct ReplyError {
 }
 
 fn err(command: &'static str, v: &Value) -> ReplyError {
-    ReplyError { command, detail: format!("{v:?}") }
+    ReplyError {
+        command,
+        detail: format!("{v:?}"),
+    }
 }
 
 /// A value as text (bulk, simple or verbatim string; integers in decimal).
@@ -50,12 +53,17 @@ pub(crate) fn items(v: &Value) -> &[Value] {
 /// Key/value pairs of a map, or of a flat `[k, v, k, v]` array.
 pub(crate) fn pairs(v: &Value) -> Vec<(String, &Value)> {
     match v {
-        Value::Map(m) => m.iter().filter_map(|(k, v)| text(k).map(|k| (k, v))).collect(),
-        other => items(other).chunks(2).filter_map(|c| match c {
-            [k, v] => text(k).map(|k| (k, v)),
-            _ => None,
-        })
-        .collect(),
+        Value::Map(m) => m
+            .iter()
+            .filter_map(|(k, v)| text(k).map(|k| (k, v)))
+            .collect(),
+        other => items(other)
+            .chunks(2)
+            .filter_map(|c| match c {
+                [k, v] => text(k).map(|k| (k, v)),
+                _ => None,
+            })
+            .collect(),
     }
 }
 
@@ -72,7 +80,10 @@ pub(crate) fn entries(command: &'static str, v: &Value) -> Result<Vec<RawEntry>,
                 let fields = match fields {
                     Value::Nil => None,
                     f => Some(
-                        pairs(f).into_iter().map(|(k, v)| (k, text(v).unwrap_or_default())).collect(),
+                        pairs(f)
+                            .into_iter()
+                            .map(|(k, v)| (k, text(v).unwrap_or_default()))
+                            .collect(),
                     ),
                 };
                 Ok((id, fields))
@@ -105,7 +116,10 @@ pub(crate) fn read_streams(v: &Value) -> Result<Vec<(String, Vec<RawEntry>)>, Re
 pub(crate) fn autoclaim(v: &Value) -> Result<(String, Vec<RawEntry>), ReplyError> {
     const CMD: &str = "XAUTOCLAIM";
     match items(v) {
-        [cursor, claimed, ..] => Ok((text(cursor).ok_or_else(|| err(CMD, v))?, entries(CMD, claimed)?)),
+        [cursor, claimed, ..] => Ok((
+            text(cursor).ok_or_else(|| err(CMD, v))?,
+            entries(CMD, claimed)?,
+        )),
         _ => Err(err(CMD, v)),
     }
 }
@@ -127,7 +141,9 @@ pub(crate) fn group_info(v: &Value, group: &str) -> Option<GroupInfo> {
         }
         Some(GroupInfo {
             pending: get("pending").and_then(int).unwrap_or(0),
-            last_delivered: get("last-delivered-id").and_then(text).unwrap_or_else(|| "0-0".to_owned()),
+            last_delivered: get("last-delivered-id")
+                .and_then(text)
+                .unwrap_or_else(|| "0-0".to_owned()),
             lag: get("lag").and_then(int),
         })
     })
@@ -154,13 +170,19 @@ mod tests {
         let v = Value::Array(vec![Value::Array(vec![
             bulk("{fc:p00}:events"),
             Value::Array(vec![
-                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("type"), bulk("x")])]),
+                Value::Array(vec![
+                    bulk("1-0"),
+                    Value::Array(vec![bulk("type"), bulk("x")]),
+                ]),
                 Value::Array(vec![bulk("2-0"), Value::Nil]),
             ]),
         ])]);
         let streams = read_streams(&v).unwrap();
         assert_eq!(streams.len(), 1);
-        assert_eq!(streams[0].1[0], ("1-0".into(), Some(vec![("type".into(), "x".into())])));
+        assert_eq!(
+            streams[0].1[0],
+            ("1-0".into(), Some(vec![("type".into(), "x".into())]))
+        );
         assert_eq!(streams[0].1[1], ("2-0".into(), None));
         assert!(read_streams(&Value::Nil).unwrap().is_empty());
     }
@@ -168,14 +190,28 @@ mod tests {
     #[test]
     fn reads_group_info_flat_and_map() {
         let flat = Value::Array(vec![Value::Array(vec![
-            bulk("name"), bulk("settlement"), bulk("pending"), Value::Int(3),
-            bulk("last-delivered-id"), bulk("5-1"), bulk("lag"), Value::Nil,
+            bulk("name"),
+            bulk("settlement"),
+            bulk("pending"),
+            Value::Int(3),
+            bulk("last-delivered-id"),
+            bulk("5-1"),
+            bulk("lag"),
+            Value::Nil,
         ])]);
         let info = group_info(&flat, "settlement").unwrap();
-        assert_eq!(info, GroupInfo { pending: 3, last_delivered: "5-1".into(), lag: None });
+        assert_eq!(
+            info,
+            GroupInfo {
+                pending: 3,
+                last_delivered: "5-1".into(),
+                lag: None
+            }
+        );
         assert!(group_info(&flat, "other").is_none());
         let map = Value::Array(vec![Value::Map(vec![
-            (bulk("name"), bulk("g")), (bulk("lag"), Value::Int(7)),
+            (bulk("name"), bulk("g")),
+            (bulk("lag"), Value::Int(7)),
         ])]);
         assert_eq!(group_info(&map, "g").unwrap().lag, Some(7));
     }

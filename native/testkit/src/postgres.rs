@@ -29,7 +29,12 @@ pub struct PostgresServer {
 #[derive(Debug)]
 enum Kind {
     /// A cluster we started: stop it and remove its directory on drop.
-    Private { bin: PathBuf, data: PathBuf, run_as_postgres: bool, _dir: tempfile::TempDir },
+    Private {
+        bin: PathBuf,
+        data: PathBuf,
+        run_as_postgres: bool,
+        _dir: tempfile::TempDir,
+    },
     /// A database we created on a given server: drop it on drop.
     External { admin_url: String, database: String },
 }
@@ -60,14 +65,25 @@ impl PostgresServer {
             NEXT_DB.fetch_add(1, Ordering::Relaxed)
         );
         let out = Command::new("psql")
-            .args([admin_url, "-v", "ON_ERROR_STOP=1", "-c", &format!("CREATE DATABASE {database}")])
+            .args([
+                admin_url,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &format!("CREATE DATABASE {database}"),
+            ])
             .output()
             .context("running psql (needed with FLASHCART_TEST_POSTGRES_URL)")?;
         check(&out, "psql CREATE DATABASE")?;
-        let base = admin_url.rsplit_once('/').map_or(admin_url, |(base, _)| base);
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url, |(base, _)| base);
         Ok(Self {
             url: format!("{base}/{database}"),
-            kind: Kind::External { admin_url: admin_url.to_owned(), database },
+            kind: Kind::External {
+                admin_url: admin_url.to_owned(),
+                database,
+            },
         })
     }
 
@@ -125,18 +141,34 @@ impl PostgresServer {
         )?;
         if !out.status.success() {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
-            bail!("pg_ctl start failed: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "pg_ctl start failed: {}\n{log}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let server = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/flashcart"),
-            kind: Kind::Private { bin: bin.clone(), data, run_as_postgres, _dir: dir },
+            kind: Kind::Private {
+                bin: bin.clone(),
+                data,
+                run_as_postgres,
+                _dir: dir,
+            },
         };
         // The server accepts connections once `pg_ctl -w` returns; create the test database.
         let createdb = bin.join("createdb");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = Command::new(&createdb)
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "flashcart"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "flashcart",
+                ])
                 .output()
                 .context("running createdb")?;
             if out.status.success() {
@@ -154,16 +186,34 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         match &self.kind {
-            Kind::Private { bin, data, run_as_postgres, .. } => {
+            Kind::Private {
+                bin,
+                data,
+                run_as_postgres,
+                ..
+            } => {
                 let _ = run(
                     *run_as_postgres,
                     &bin.join("pg_ctl"),
-                    &["-D".as_ref(), data.as_os_str(), "-m".as_ref(), "immediate".as_ref(), "stop".as_ref()],
+                    &[
+                        "-D".as_ref(),
+                        data.as_os_str(),
+                        "-m".as_ref(),
+                        "immediate".as_ref(),
+                        "stop".as_ref(),
+                    ],
                 );
             }
-            Kind::External { admin_url, database } => {
+            Kind::External {
+                admin_url,
+                database,
+            } => {
                 let _ = Command::new("psql")
-                    .args([admin_url.as_str(), "-c", &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")])
+                    .args([
+                        admin_url.as_str(),
+                        "-c",
+                        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+                    ])
                     .output();
             }
         }
@@ -245,7 +295,9 @@ mod tests {
     #[test]
     fn starts_and_accepts_connections() -> Result<()> {
         let pg = PostgresServer::start()?;
-        let out = Command::new("psql").args([pg.url(), "-tAc", "SELECT 1 + 1"]).output()?;
+        let out = Command::new("psql")
+            .args([pg.url(), "-tAc", "SELECT 1 + 1"])
+            .output()?;
         check(&out, "psql")?;
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
         Ok(())

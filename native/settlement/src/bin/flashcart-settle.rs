@@ -15,8 +15,12 @@ struct Cli {
     config: flashcart_settlement::Config,
     /// Fault injection for crash tests: after each commit, before its XACK, SIGKILL this
     /// process with this probability (0..1).
-    #[arg(long, env = "FLASHCART_SETTLE_KILL_AFTER_COMMIT", default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0)]
     kill_after_commit: f64,
+    /// Fault injection for crash tests: SIGKILL this process right after its N-th commit,
+    /// before that batch's XACK.
+    #[arg(long)]
+    kill_after_commit_number: Option<u64>,
 }
 
 /// A small xorshift generator: the fault injection needs no cryptographic randomness.
@@ -31,7 +35,9 @@ fn chance(state: &AtomicU64, p: f64) -> bool {
 
 fn kill_self() -> ! {
     // SIGKILL, not abort: nothing of ours runs after this point, exactly like an external kill.
-    let _ = std::process::Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &std::process::id().to_string()])
+        .status();
     loop {
         std::thread::park();
     }
@@ -46,24 +52,33 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let hook: Option<flashcart_settlement::consumer::AfterCommit> = if cli.kill_after_commit > 0.0 {
-        let seed = u64::from(std::process::id()) | (flashcart_settlement::metrics::now_ms_public() << 20) | 1;
-        let state = AtomicU64::new(seed);
-        let p = cli.kill_after_commit;
-        Some(Arc::new(move || {
-            if chance(&state, p) {
-                kill_self();
-            }
-        }))
-    } else {
-        None
-    };
+    let hook: Option<flashcart_settlement::consumer::AfterCommit> =
+        if cli.kill_after_commit > 0.0 || cli.kill_after_commit_number.is_some() {
+            let seed = u64::from(std::process::id())
+                | (flashcart_settlement::metrics::now_ms_public() << 20)
+                | 1;
+            let state = AtomicU64::new(seed);
+            let commits = AtomicU64::new(0);
+            let p = cli.kill_after_commit;
+            let nth = cli.kill_after_commit_number;
+            Some(Arc::new(move || {
+                let n = commits.fetch_add(1, Ordering::Relaxed) + 1;
+                if nth == Some(n) || (p > 0.0 && chance(&state, p)) {
+                    kill_self();
+                }
+            }))
+        } else {
+            None
+        };
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    flashcart_settlement::run_with(cli.config, hook, shutdown).await.context("settlement failed")
+    flashcart_settlement::run_with(cli.config, hook, shutdown)
+        .await
+        .context("settlement failed")
 }
