@@ -18,6 +18,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
 
+mod bulk;
+
 use crate::event::{Body, EntryId, Event};
 use flashcart_core::keys::Partition;
 
@@ -57,6 +59,14 @@ pub enum EventFailure {
         id: String,
         /// The state it is in.
         state: String,
+    },
+    /// A reservation, order or refund the event creates exists already.
+    #[error("{what} {id} exists already")]
+    Duplicate {
+        /// `reservation`, `order` or `refund`.
+        what: &'static str,
+        /// Its id.
+        id: String,
     },
     /// The database refused the event's writes (a unique key or other constraint).
     #[error("database refused the event: {0}")]
@@ -283,61 +293,44 @@ impl Ledger {
         if events.is_empty() {
             return Ok(Applied::default());
         }
+        // Fast path: the whole batch folded and written with a few multi-row statements.
         let mut tx = self.pool.begin().await?;
-        let mut fresh = HashSet::with_capacity(events.len());
-        // Parameter limits: SQLite allows 32 766, PostgreSQL 65 535 per statement.
-        for chunk in events.chunks(1000) {
-            let mut sql = String::from(
-                "INSERT INTO applied_events (part, entry_ms, entry_seq, type, sku, at) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 6;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${},${},${},${},${},${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                ));
+        let fresh = claim(&mut tx, self.backend, events).await?;
+        let applied = Applied {
+            new: fresh.len(),
+            duplicates: events.len() - fresh.len(),
+        };
+        match bulk::apply(&mut tx, self.backend, events, &fresh).await {
+            bulk::Bulk::Done => {
+                tx.commit().await?;
+                return Ok(applied);
             }
-            sql.push_str(" ON CONFLICT DO NOTHING RETURNING part, entry_ms, entry_seq");
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for e in chunk {
-                q = q
-                    .bind(i64::from(e.partition.index()))
-                    .bind(e.identity.ms_sql())
-                    .bind(e.identity.seq_sql())
-                    .bind(e.event.body.type_name())
-                    .bind(e.event.sku.as_str())
-                    .bind(e.event.at);
+            bulk::Bulk::Event { index, failure } => {
+                return Err(LedgerError::Event { index, failure });
             }
-            for row in q.fetch_all(&mut *tx).await? {
-                fresh.insert((
-                    row.try_get::<i64, _>(0)?,
-                    row.try_get::<i64, _>(1)?,
-                    row.try_get::<i64, _>(2)?,
-                ));
+            bulk::Bulk::Db(e) if is_transient(&e) => return Err(LedgerError::Storage(e)),
+            // A constraint only the database checks (e.g. a payment id seen before): find
+            // the event that breaks it, one statement at a time.
+            bulk::Bulk::Db(e) => {
+                tracing::debug!(error = %e, "bulk apply refused; applying event by event")
             }
         }
-        let mut applied = Applied::default();
-        for (index, e) in events.iter().enumerate() {
-            let key = (
-                i64::from(e.partition.index()),
-                e.identity.ms_sql(),
-                e.identity.seq_sql(),
-            );
-            // `remove`, not `contains`: the same identity twice in one batch applies once.
-            if !fresh.remove(&key) {
-                applied.duplicates += 1;
-                continue;
-            }
-            match apply_one(&mut tx, e).await {
-                Ok(()) => applied.new += 1,
+        drop(tx);
+        self.apply_each(events).await
+    }
+
+    /// The per-event path: the same effects, one statement at a time, naming the first event
+    /// the database refuses.
+    async fn apply_each(&self, events: &[Applicable]) -> Result<Applied> {
+        let mut tx = self.pool.begin().await?;
+        let fresh = claim(&mut tx, self.backend, events).await?;
+        let applied = Applied {
+            new: fresh.len(),
+            duplicates: events.len() - fresh.len(),
+        };
+        for index in fresh {
+            match apply_one(&mut tx, &events[index]).await {
+                Ok(()) => {}
                 Err(Failure::Storage(err)) => return Err(LedgerError::Storage(err)),
                 Err(Failure::Event(failure)) => return Err(LedgerError::Event { index, failure }),
             }
@@ -566,6 +559,78 @@ impl Ledger {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect()
     }
+}
+
+/// Appends the `n`-th (1-based) bind parameter. PostgreSQL numbers them (`$n`); SQLite gets
+/// anonymous `?`, bound in order: SQLite resolves each *named* parameter (`$n`, `?n`) by a
+/// linear search over the names seen so far, which made a 6 000-parameter statement spend
+/// most of its time in the parser.
+fn push_mark(sql: &mut String, backend: Backend, n: usize) {
+    match backend {
+        Backend::Postgres => {
+            sql.push('$');
+            sql.push_str(&n.to_string());
+        }
+        Backend::Sqlite => sql.push('?'),
+    }
+}
+
+/// Inserts every event's identity into `applied_events` (`ON CONFLICT DO NOTHING RETURNING`)
+/// and returns the indices of the events this transaction inserted — the ones to apply. The
+/// same identity twice in one batch is applied once (its first occurrence).
+async fn claim(
+    tx: &mut Tx<'_>,
+    backend: Backend,
+    events: &[Applicable],
+) -> Result<Vec<usize>, sqlx::Error> {
+    let mut fresh = HashSet::with_capacity(events.len());
+    // Parameter limits: SQLite allows 32 766, PostgreSQL 65 535 per statement.
+    for chunk in events.chunks(1000) {
+        let mut sql = String::from(
+            "INSERT INTO applied_events (part, entry_ms, entry_seq, type, sku, at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i > 0 { ",(" } else { "(" });
+            for c in 1..=6 {
+                if c > 1 {
+                    sql.push(',');
+                }
+                push_mark(&mut sql, backend, i * 6 + c);
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING part, entry_ms, entry_seq");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for e in chunk {
+            q = q
+                .bind(i64::from(e.partition.index()))
+                .bind(e.identity.ms_sql())
+                .bind(e.identity.seq_sql())
+                .bind(e.event.body.type_name())
+                .bind(e.event.sku.as_str())
+                .bind(e.event.at);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            fresh.insert((
+                row.try_get::<i64, _>(0)?,
+                row.try_get::<i64, _>(1)?,
+                row.try_get::<i64, _>(2)?,
+            ));
+        }
+    }
+    Ok(events
+        .iter()
+        .enumerate()
+        // `remove`, not `contains`: the same identity twice in one batch applies once.
+        .filter(|(_, e)| {
+            fresh.remove(&(
+                i64::from(e.partition.index()),
+                e.identity.ms_sql(),
+                e.identity.seq_sql(),
+            ))
+        })
+        .map(|(i, _)| i)
+        .collect())
 }
 
 fn sqlite_url(path: &str) -> String {
@@ -957,4 +1022,172 @@ async fn close_reservation(
         },
     }
     .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event as Parsed;
+
+    fn ev(p: u16, id: &str, pairs: &[(&str, &str)]) -> Applicable {
+        let fields: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Applicable {
+            partition: Partition::new(p),
+            identity: id.parse().unwrap(),
+            event: Parsed::parse(&fields).unwrap(),
+        }
+    }
+
+    fn created(id: &str, rsv: &str) -> Applicable {
+        ev(
+            1,
+            id,
+            &[
+                ("type", "reservation.created"),
+                ("at", "1"),
+                ("sku", "s"),
+                ("rsv", rsv),
+                ("seg", "0"),
+                ("qty", "2"),
+                ("buyer", "b"),
+                ("expires", "9"),
+            ],
+        )
+    }
+
+    fn ordered(id: &str, rsv: &str, ord: &str) -> Applicable {
+        ev(
+            1,
+            id,
+            &[
+                ("type", "order.created"),
+                ("at", "2"),
+                ("sku", "s"),
+                ("ord", ord),
+                ("rsv", rsv),
+                ("seg", "0"),
+                ("qty", "2"),
+                ("buyer", "b"),
+                ("amount", "10"),
+                ("currency", "EUR"),
+                ("deadline", "99"),
+            ],
+        )
+    }
+
+    fn paid(id: &str, ord: &str, psp: &str) -> Applicable {
+        ev(
+            1,
+            id,
+            &[
+                ("type", "order.paid"),
+                ("at", "3"),
+                ("sku", "s"),
+                ("ord", ord),
+                ("seg", "0"),
+                ("qty", "2"),
+                ("psp_event", psp),
+                ("amount", "10"),
+                ("currency", "EUR"),
+            ],
+        )
+    }
+
+    async fn ledger() -> (Ledger, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite").display().to_string())
+            .await
+            .unwrap();
+        (ledger, dir)
+    }
+
+    #[tokio::test]
+    async fn applies_once_even_twice_in_one_batch() {
+        let (ledger, _dir) = ledger().await;
+        let batch = [
+            created("1-0", "r1"),
+            created("1-0", "r1"),
+            ordered("2-0", "r1", "o1"),
+        ];
+        assert_eq!(
+            ledger.apply(&batch).await.unwrap(),
+            Applied {
+                new: 2,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            ledger.apply(&batch).await.unwrap(),
+            Applied {
+                new: 0,
+                duplicates: 3
+            }
+        );
+        assert_eq!(
+            ledger.reservation_state("r1").await.unwrap().as_deref(),
+            Some("ordered")
+        );
+        assert_eq!(ledger.counts().await.unwrap().order_events, 1);
+    }
+
+    #[tokio::test]
+    async fn names_the_event_that_breaks_a_rule_and_writes_nothing() {
+        let (ledger, _dir) = ledger().await;
+        let batch = [
+            created("1-0", "r1"),
+            paid("2-0", "o1", "psp1"),
+            ordered("3-0", "r1", "o1"),
+        ];
+        match ledger.apply(&batch).await {
+            Err(LedgerError::Event {
+                index: 1,
+                failure: EventFailure::Missing { what: "order", .. },
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            ledger.counts().await.unwrap(),
+            Counts::default(),
+            "rolled back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_constraint_only_the_database_checks_is_pinned_on_its_event() {
+        let (ledger, _dir) = ledger().await;
+        ledger
+            .apply(&[
+                created("1-0", "r1"),
+                ordered("1-1", "r1", "o1"),
+                paid("1-2", "o1", "psp1"),
+            ])
+            .await
+            .unwrap();
+        // A second order paid with a provider event id the ledger already holds.
+        let batch = [
+            created("2-0", "r2"),
+            ordered("2-1", "r2", "o2"),
+            paid("2-2", "o2", "psp1"),
+        ];
+        match ledger.apply(&batch).await {
+            Err(LedgerError::Event {
+                index: 2,
+                failure: EventFailure::Refused(_),
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            ledger.counts().await.unwrap().applied_events,
+            3,
+            "rolled back"
+        );
+        ledger.apply(&batch[..2]).await.unwrap();
+        assert_eq!(
+            ledger.order_state("o2").await.unwrap().as_deref(),
+            Some("pending_payment")
+        );
+    }
 }

@@ -49,7 +49,19 @@ impl PostgresServer {
     pub fn start() -> Result<Self> {
         match std::env::var(URL_ENV) {
             Ok(url) if !url.is_empty() => Self::on_external(&url),
-            _ => Self::private(),
+            _ => Self::private(false),
+        }
+    }
+
+    /// Like [`PostgresServer::start`], but a private cluster keeps `fsync` on, as a production
+    /// server would (for benchmarks; tests run faster without it).
+    ///
+    /// # Errors
+    /// As [`PostgresServer::start`].
+    pub fn start_durable() -> Result<Self> {
+        match std::env::var(URL_ENV) {
+            Ok(url) if !url.is_empty() => Self::on_external(&url),
+            _ => Self::private(true),
         }
     }
 
@@ -87,7 +99,7 @@ impl PostgresServer {
         })
     }
 
-    fn private() -> Result<Self> {
+    fn private(durable: bool) -> Result<Self> {
         let bin = find_bin_dir()?;
         let dir = tempfile::Builder::new().prefix("flashcart-pg-").tempdir()?;
         let data = dir.path().join("data");
@@ -118,8 +130,9 @@ impl PostgresServer {
         check(&out, "initdb")?;
 
         let port = free_port()?;
+        let fsync = if durable { "on" } else { "off" };
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=50",
             dir.path().display()
         );
         let log = dir.path().join("postgres.log");
