@@ -11,10 +11,12 @@
 //! - [`timers`]: reservation expiry, payment deadlines and refund requests, through the core.
 //! - [`reconcile`]: Redis levels and records against the ledger, per SKU; careful repair.
 //! - [`metrics`]: counters and gauges, served on `/metrics` and `/health`.
+//! - [`cli`]: the `reconcile` and `dlq` commands, ready for the `flashcart` CLI to embed.
 //! - [`run`]: the service loop the `flashcart settle` command (and the `flashcart-settle`
 //!   binary) runs until shutdown.
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod consumer;
 pub mod dlq;
 pub mod event;

@@ -157,7 +157,16 @@ async fn survives_sigkill_anywhere(env: Env) -> Result<()> {
     assert_ledger_matches(&ledger, &ids, &s).await?;
     let report = reconcile(&inv, &ledger, "settlement", false).await?;
     assert!(!report.has_drift(), "{}", report.render());
-    assert_eq!(report.dead_letters, 0);
+    assert_eq!((report.in_flight, report.dead_letters), (0, 0));
+    // The same through the CLI's entry point.
+    let args = flashcart_settlement::cli::ReconcileArgs {
+        config: flashcart_settlement::Config::new(&env.redis.url(), &env.ledger_url),
+        repair: false,
+    };
+    assert!(
+        !flashcart_settlement::cli::reconcile(&args).await?,
+        "no drift"
+    );
     Ok(())
 }
 on_both!(survives_sigkill_anywhere);

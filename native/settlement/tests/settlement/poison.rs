@@ -2,7 +2,7 @@
 //! its error, and never holds up the events around it; `dlq retry` and `dlq drop` work.
 
 use anyhow::Result;
-use flashcart_settlement::dlq;
+use flashcart_settlement::{cli, dlq};
 
 use crate::support::{Env, drain, on_both};
 
@@ -120,9 +120,22 @@ async fn poison_goes_to_the_dead_letter_stream_and_the_rest_flows(env: Env) -> R
         "applied under its first id"
     );
 
-    // The unknown type is dropped for good.
-    assert!(dlq::drop(&mut conn, unknown.id).await?);
+    // The CLI's view of it; then the unknown type is dropped for good.
+    let config = flashcart_settlement::Config::new(&env.redis.url(), &env.ledger_url);
+    let list = |command| cli::DlqArgs {
+        config: config.clone(),
+        command,
+    };
+    let listed = cli::dlq(&list(cli::DlqCommand::List { limit: 10 })).await?;
+    assert!(
+        listed.starts_with("1 dead-lettered") && listed.contains("order.teleported"),
+        "{listed}"
+    );
+    assert!(listed.contains(&unknown.id.to_string()), "{listed}");
+    let dropped = cli::dlq(&list(cli::DlqCommand::Drop { id: unknown.id })).await?;
+    assert!(dropped.ends_with("dropped\n"), "{dropped}");
     assert!(dlq::list(&mut conn, &env.schema, 100).await?.is_empty());
+    assert!(!dlq::drop(&mut conn, unknown.id).await?, "gone");
     Ok(())
 }
 on_both!(poison_goes_to_the_dead_letter_stream_and_the_rest_flows);
