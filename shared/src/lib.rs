@@ -10,6 +10,7 @@
 //! - [`problem`]: RFC 9457 problem details and the domain's rejections
 //! - [`library`]: the Redis function library (Lua) and its version
 //! - [`inventory`]: the operations (load, reserve, order, pay, cancel, release, stock, rate)
+//! - [`signature`]: the payment provider's webhook signature (Stripe-compatible)
 //! - [`event`]: the events each decision appends to its partition's stream
 //! - [`exec`]: the one door to Redis
 #![deny(missing_docs)]
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod library;
 pub mod order;
 pub mod problem;
+pub mod signature;
 pub mod sku;
 
 pub use exec::{ExecError, FailureKind, RedisExecutor, Value};

@@ -90,9 +90,6 @@ pub enum Rejection {
     /// No such order (404).
     #[error("unknown order")]
     UnknownOrder,
-    /// Payment amount or currency differ from the order's (422).
-    #[error("payment amount or currency does not match the order")]
-    AmountMismatch,
     /// The order's state does not allow this (409); recorded, never applied.
     #[error("illegal transition from {state}")]
     IllegalTransition {
@@ -117,6 +114,18 @@ pub enum Rejection {
     /// The request body is too large (413).
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The body is not JSON (415).
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    /// No such resource (404).
+    #[error("no such route")]
+    NotFound,
+    /// The route exists, the method does not (405).
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// The methods the route takes, for the `Allow` header.
+        allow: &'static str,
+    },
     /// The inventory could not be reached or answered unexpectedly (503); retry later.
     #[error("inventory unavailable: {0}")]
     Unavailable(String),
@@ -130,7 +139,11 @@ impl Rejection {
             | Rejection::MissingIdempotencyKey
             | Rejection::InvalidSignature(_) => 400,
             Rejection::Unauthorized => 401,
-            Rejection::UnknownSku | Rejection::UnknownReservation | Rejection::UnknownOrder => 404,
+            Rejection::UnknownSku
+            | Rejection::UnknownReservation
+            | Rejection::UnknownOrder
+            | Rejection::NotFound => 404,
+            Rejection::MethodNotAllowed { .. } => 405,
             Rejection::IdempotencyInFlight
             | Rejection::NotOnSale { .. }
             | Rejection::SoldOut
@@ -141,7 +154,8 @@ impl Rejection {
             | Rejection::SkuConflict => 409,
             Rejection::SaleEnded | Rejection::ReservationGone => 410,
             Rejection::PayloadTooLarge => 413,
-            Rejection::IdempotencyMismatch | Rejection::AmountMismatch => 422,
+            Rejection::UnsupportedMediaType => 415,
+            Rejection::IdempotencyMismatch => 422,
             Rejection::RateLimited { .. } => 429,
             Rejection::Unavailable(_) => 503,
         }
@@ -164,13 +178,15 @@ impl Rejection {
             Rejection::ReservationGone => "reservation-gone",
             Rejection::AlreadyOrdered { .. } => "reservation-already-ordered",
             Rejection::UnknownOrder => "unknown-order",
-            Rejection::AmountMismatch => "payment-mismatch",
             Rejection::IllegalTransition { .. } => "illegal-transition",
             Rejection::SkuConflict => "sku-conflict",
             Rejection::RateLimited { .. } => "rate-limited",
             Rejection::Unauthorized => "unauthorized",
             Rejection::InvalidSignature(_) => "invalid-signature",
             Rejection::PayloadTooLarge => "payload-too-large",
+            Rejection::UnsupportedMediaType => "unsupported-media-type",
+            Rejection::NotFound => "not-found",
+            Rejection::MethodNotAllowed { .. } => "method-not-allowed",
             Rejection::Unavailable(_) => "inventory-unavailable",
         }
     }
@@ -239,7 +255,6 @@ mod tests {
                 order_id: "ord_01_0123456789abcdef".into(),
             },
             Rejection::UnknownOrder,
-            Rejection::AmountMismatch,
             Rejection::IllegalTransition {
                 state: "paid".into(),
             },
@@ -250,6 +265,9 @@ mod tests {
             Rejection::Unauthorized,
             Rejection::InvalidSignature("expired".into()),
             Rejection::PayloadTooLarge,
+            Rejection::UnsupportedMediaType,
+            Rejection::NotFound,
+            Rejection::MethodNotAllowed { allow: "GET" },
             Rejection::Unavailable("down".into()),
         ]
     }

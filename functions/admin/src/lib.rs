@@ -1,0 +1,11 @@
+//! flashcart edge component `admin`: thin by design; the contract lives in `flashcart-api`.
+
+use flashcart_spin::{Operation, serve};
+use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http_service;
+
+/// Handles one request.
+#[http_service]
+async fn handle(req: Request) -> impl IntoResponse {
+    serve(req, Operation::Admin).await
+}

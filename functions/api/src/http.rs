@@ -1,0 +1,153 @@
+//! Requests and responses as plain data, so the contract is host-independent: a component
+//! converts from and to spin-sdk's types, a test builds them directly.
+
+use flashcart_core::problem::{PROBLEM_JSON, Rejection};
+use serde::Serialize;
+
+/// An HTTP request as the contract sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiRequest {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The path, without query.
+    pub path: String,
+    /// Headers; names compared case-insensitively.
+    pub headers: Vec<(String, String)>,
+    /// The raw body.
+    pub body: Vec<u8>,
+}
+
+impl ApiRequest {
+    /// A request without headers or body.
+    pub fn new(method: &str, path: &str) -> Self {
+        Self {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets a JSON body.
+    #[must_use]
+    pub fn json(mut self, body: &serde_json::Value) -> Self {
+        self.body = body.to_string().into_bytes();
+        self.header("content-type", "application/json")
+    }
+
+    /// The first value of header `name`.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The path's segments after a prefix, e.g. `["drop-1", "reservations"]`.
+    pub fn segments_after(&self, prefix: &str) -> Option<Vec<&str>> {
+        let rest = self.path.strip_prefix(prefix)?;
+        Some(rest.split('/').filter(|s| !s.is_empty()).collect())
+    }
+}
+
+/// An HTTP response as the contract produces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl ApiResponse {
+    /// A JSON response.
+    pub fn json<T: Serialize>(status: u16, value: &T) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+
+    /// A problem+json response for a rejection, with the headers its kind calls for.
+    pub fn problem(rejection: &Rejection) -> Self {
+        let mut response = Self {
+            status: rejection.status(),
+            headers: vec![("content-type".into(), PROBLEM_JSON.into())],
+            body: rejection.problem().to_json(),
+        };
+        if let Rejection::MethodNotAllowed { allow } = rejection {
+            response.headers.push(("allow".into(), (*allow).into()));
+        }
+        if let Rejection::Unauthorized = rejection {
+            response
+                .headers
+                .push(("www-authenticate".into(), "Bearer".into()));
+        }
+        response
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// The first value of header `name`.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (tests and clients).
+    pub fn json_body(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Checks a JSON body's media type and size before it is parsed.
+///
+/// # Errors
+/// 415 when a content type other than JSON is declared, 413 past `max_bytes`.
+pub fn check_json_body(req: &ApiRequest, max_bytes: usize) -> Result<(), Rejection> {
+    if req.body.len() > max_bytes {
+        return Err(Rejection::PayloadTooLarge);
+    }
+    match req.header_value("content-type") {
+        None => Ok(()),
+        Some(ct)
+            if ct
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(Rejection::UnsupportedMediaType),
+    }
+}
+
+/// Parses a JSON body into `T`, naming the problem in a 400.
+///
+/// # Errors
+/// 400 `invalid-request` with serde's message.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    serde_json::from_slice(body).map_err(|e| {
+        Rejection::Invalid(flashcart_core::ids::ValidationError::new(
+            "body",
+            format!("{e}"),
+        ))
+    })
+}

@@ -1,0 +1,352 @@
+//! The whole flow and every problem type of the contract.
+
+use std::collections::BTreeSet;
+
+use flashcart_api::ApiRequest;
+use flashcart_core::ids::{BuyerId, IdempotencyKey, Quantity, ReservationId, SkuId};
+use flashcart_core::inventory::{RateLimit, ReleaseReason, ReserveRequest};
+use flashcart_core::{KeySchema, Now};
+use flashcart_edge_cache::CacheConfig;
+
+use crate::support::{
+    ADMIN, PSP_SECRET, deduct_req, load, node, node_with, now_ms, order_req, payment_req,
+    problem_type,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_load_stock_deduct_order_pay() {
+    let n = node().await;
+    let e = &n.edge;
+    let loaded = load(e, "sneaker", 10, 4, -1_000).await;
+    assert_eq!(loaded.status, 201, "{loaded:?}");
+    assert_eq!(
+        load(e, "sneaker", 10, 4, -1_000).await.status,
+        409,
+        "other sale window: conflict"
+    );
+
+    let stock = e
+        .stock_check(&ApiRequest::new("GET", "/v1/stock/sneaker"), "r1")
+        .await;
+    assert_eq!(stock.status, 200);
+    assert_eq!(stock.json_body()["available"], 10);
+    assert_eq!(stock.header_value("flashcart-cache"), Some("miss"));
+    assert!(
+        stock
+            .header_value("cache-control")
+            .is_some_and(|c| c.contains("stale-while-revalidate"))
+    );
+    let cached = e
+        .stock_check(&ApiRequest::new("GET", "/v1/stock/sneaker"), "r2")
+        .await;
+    assert_eq!(cached.header_value("flashcart-cache"), Some("hit"));
+
+    let rsv = e.deduct(&deduct_req("sneaker", "alice", 2, "k-1")).await;
+    assert_eq!(rsv.status, 201, "{rsv:?}");
+    let rid = rsv.json_body()["reservation_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let replay = e.deduct(&deduct_req("sneaker", "alice", 2, "k-1")).await;
+    assert_eq!(
+        (replay.status, replay.header_value("idempotent-replayed")),
+        (201, Some("true"))
+    );
+    assert_eq!(replay.json_body()["reservation_id"], rid.as_str());
+
+    let order = e.orders(&order_req(&rid, "alice", "o-1")).await;
+    assert_eq!(order.status, 201, "{order:?}");
+    let body = order.json_body();
+    assert_eq!(
+        (body["state"].as_str(), body["amount"].as_u64()),
+        (Some("pending_payment"), Some(3998))
+    );
+    let oid = body["id"].as_str().expect("id").to_owned();
+
+    let pay = serde_json::json!({
+        "event_id": "evt_1", "type": "payment.succeeded", "order_id": oid, "amount": 3998, "currency": "EUR"
+    });
+    let paid = e
+        .payment_callback(&payment_req(&pay, PSP_SECRET, now_ms() / 1000))
+        .await;
+    assert_eq!(paid.status, 200, "{paid:?}");
+    assert_eq!(paid.json_body()["outcome"], "paid");
+
+    let got = e
+        .orders(&ApiRequest::new("GET", &format!("/v1/orders/{oid}")))
+        .await;
+    assert_eq!(
+        (got.status, got.json_body()["state"].as_str()),
+        (200, Some("paid"))
+    );
+
+    let admin = e
+        .admin(
+            &ApiRequest::new("GET", "/v1/admin/skus/sneaker")
+                .header("authorization", &format!("Bearer {ADMIN}")),
+        )
+        .await;
+    let state = admin.json_body();
+    assert_eq!(
+        (
+            state["totals"]["sold"].as_u64(),
+            state["totals"]["available"].as_u64()
+        ),
+        (Some(2), Some(8))
+    );
+    assert_eq!(state["invariant_holds"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_problem_type_of_the_contract() {
+    let n = node_with(
+        Some(RateLimit {
+            capacity: 3,
+            refill_per_second: 1,
+        }),
+        CacheConfig::default(),
+    )
+    .await;
+    let e = &n.edge;
+    let mut seen = BTreeSet::new();
+    let mut expect = |resp: flashcart_api::ApiResponse, status: u16, kind: &str| {
+        assert_eq!(
+            (resp.status, problem_type(&resp).as_str()),
+            (status, kind),
+            "{resp:?}"
+        );
+        seen.insert(kind.to_owned());
+    };
+    assert_eq!(load(e, "one", 1, 1, -1_000).await.status, 201);
+    assert_eq!(load(e, "later", 5, 1, 3_600_000).await.status, 201);
+    assert_eq!(load(e, "over", 5, 1, -7_200_000).await.status, 201);
+    assert_eq!(load(e, "plenty", 50, 4, -1_000).await.status, 201);
+
+    expect(
+        e.deduct(&deduct_req("bad sku", "b", 1, "k")).await,
+        400,
+        "invalid-request",
+    );
+    expect(
+        e.deduct(&deduct_req("one", "b", 0, "k")).await,
+        400,
+        "invalid-request",
+    );
+    expect(
+        e.deduct(&deduct_req("one", "b", 1_000_000, "k")).await,
+        400,
+        "invalid-request",
+    );
+    let mut no_key = deduct_req("one", "b", 1, "k");
+    no_key.headers.retain(|(n, _)| n != "idempotency-key");
+    expect(e.deduct(&no_key).await, 400, "idempotency-key-missing");
+    expect(
+        e.deduct(&deduct_req("one", "b", 1, &"k".repeat(256))).await,
+        400,
+        "invalid-request",
+    );
+    let mut not_json = deduct_req("one", "b", 1, "k");
+    not_json.headers.retain(|(n, _)| n != "content-type");
+    let not_json = not_json.header("content-type", "text/plain");
+    expect(e.deduct(&not_json).await, 415, "unsupported-media-type");
+    let mut huge = deduct_req("one", "b", 1, "k");
+    huge.body = vec![b' '; 64 * 1024];
+    expect(e.deduct(&huge).await, 413, "payload-too-large");
+    let mut garbage = deduct_req("one", "b", 1, "k");
+    garbage.body = b"{\"buyer_id\":".to_vec();
+    expect(e.deduct(&garbage).await, 400, "invalid-request");
+    expect(
+        e.deduct(&deduct_req("ghost", "b", 1, "k")).await,
+        404,
+        "unknown-sku",
+    );
+    expect(
+        e.stock_check(&ApiRequest::new("GET", "/v1/stock/ghost"), "r")
+            .await,
+        404,
+        "unknown-sku",
+    );
+    // Each buyer has a bucket of 3 deducts; use a buyer per check until the rate limit's own.
+    expect(
+        e.deduct(&deduct_req("later", "b1", 1, "k")).await,
+        409,
+        "not-on-sale",
+    );
+    expect(
+        e.deduct(&deduct_req("over", "b2", 1, "k")).await,
+        410,
+        "sale-ended",
+    );
+    expect(
+        e.deduct(&deduct_req("one", "b3", 2, "k-two")).await,
+        409,
+        "insufficient-stock",
+    );
+    assert_eq!(
+        e.deduct(&deduct_req("one", "b4", 1, "k1")).await.status,
+        201
+    );
+    expect(
+        e.deduct(&deduct_req("one", "b4", 2, "k1")).await,
+        422,
+        "idempotency-key-reused",
+    );
+    expect(
+        e.deduct(&deduct_req("one", "c", 1, "k1")).await,
+        409,
+        "sold-out",
+    );
+    assert_eq!(
+        e.deduct(&deduct_req("plenty", "d", 2, "d1")).await.status,
+        201
+    );
+    expect(
+        e.deduct(&deduct_req("plenty", "d", 1, "d2")).await,
+        409,
+        "purchase-limit-reached",
+    );
+    expect(
+        e.deduct(&deduct_req("plenty", "d", 1, "d3")).await,
+        409,
+        "purchase-limit-reached",
+    );
+    let limited = e.deduct(&deduct_req("plenty", "d", 1, "d4")).await;
+    assert!(
+        limited
+            .header_value("retry-after")
+            .is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1))
+    );
+    assert_eq!(
+        limited.header_value("ratelimit-policy"),
+        Some("\"buyer\";q=3;w=3")
+    );
+    assert!(
+        limited
+            .header_value("ratelimit")
+            .is_some_and(|v| v.starts_with("\"buyer\";r=0;t="))
+    );
+    expect(limited, 429, "rate-limited");
+
+    // In flight: a reserve whose first step ran and whose process died moments ago.
+    let schema = KeySchema::default();
+    let sku = SkuId::parse("single").expect("sku");
+    let stranger = (0..)
+        .map(|i| format!("s{i}"))
+        .find(|b| schema.home_of_buyer(&BuyerId::parse(b).expect("b")) != schema.home_of_sku(&sku))
+        .expect("buyer");
+    assert_eq!(load(e, "single", 1, 1, -1_000).await.status, 201);
+    let stuck = deduct_req("single", &stranger, 1, "stuck");
+    let request = ReserveRequest {
+        sku: SkuId::parse("single").expect("sku"),
+        buyer: BuyerId::parse(&stranger).expect("buyer"),
+        quantity: Quantity::new(1).expect("q"),
+        key: IdempotencyKey::parse("stuck").expect("key"),
+        fingerprint: flashcart_core::fingerprint(&stuck.body),
+    };
+    e.inventory()
+        .reserve_at_home(&request, Now::Server)
+        .await
+        .expect("first step");
+    expect(e.deduct(&stuck).await, 409, "idempotency-key-in-flight");
+
+    let rsv = e
+        .deduct(&deduct_req("plenty", "f", 1, "f1"))
+        .await
+        .json_body()["reservation_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let ghost = "rsv_01_0123456789abcdef_plenty";
+    expect(
+        e.orders(&order_req(ghost, "f", "o0")).await,
+        404,
+        "unknown-reservation",
+    );
+    expect(
+        e.orders(&order_req("not-an-id", "f", "o0")).await,
+        400,
+        "invalid-request",
+    );
+    assert_eq!(e.orders(&order_req(&rsv, "f", "o1")).await.status, 201);
+    expect(
+        e.orders(&order_req(&rsv, "f", "o2")).await,
+        409,
+        "reservation-already-ordered",
+    );
+    let gone = e
+        .deduct(&deduct_req("plenty", "g", 1, "g1"))
+        .await
+        .json_body()["reservation_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    e.inventory()
+        .release(
+            &ReservationId::parse(&gone).expect("id"),
+            ReleaseReason::Cancelled,
+            Now::Server,
+        )
+        .await
+        .expect("release");
+    expect(
+        e.orders(&order_req(&gone, "g", "o3")).await,
+        410,
+        "reservation-gone",
+    );
+    expect(
+        e.orders(&ApiRequest::new(
+            "GET",
+            "/v1/orders/ord_02_0123456789abcdef_plenty",
+        ))
+        .await,
+        404,
+        "unknown-order",
+    );
+    expect(
+        e.orders(&ApiRequest::new("DELETE", "/v1/orders")).await,
+        405,
+        "method-not-allowed",
+    );
+    expect(
+        e.stock_check(&ApiRequest::new("GET", "/v1/stock/a/b/c"), "r")
+            .await,
+        404,
+        "not-found",
+    );
+
+    expect(
+        e.admin(&ApiRequest::new("GET", "/v1/admin/skus/one")).await,
+        401,
+        "unauthorized",
+    );
+    expect(
+        e.admin(
+            &ApiRequest::new("GET", "/v1/admin/skus/one").header("authorization", "Bearer wrong"),
+        )
+        .await,
+        401,
+        "unauthorized",
+    );
+    let conflict = load(e, "one", 2, 1, -1_000).await;
+    expect(conflict, 409, "sku-conflict");
+    let unsigned = ApiRequest::new("POST", "/v1/payments/callback").json(&serde_json::json!({}));
+    expect(
+        e.payment_callback(&unsigned).await,
+        400,
+        "invalid-signature",
+    );
+
+    // Redis gone: 503, retryable.
+    drop(n.redis);
+    expect(
+        e.deduct(&deduct_req("plenty", "h", 1, "h1")).await,
+        503,
+        "inventory-unavailable",
+    );
+
+    let all: BTreeSet<String> = crate::support::PROBLEM_TYPES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    assert_eq!(seen, all);
+}

@@ -1,0 +1,103 @@
+//! 2 000 concurrent buyers for 50 units through the edge handlers; then, with the sold-out
+//! flag cached, a burst of deducts that makes no Redis call at all.
+
+use std::sync::Arc;
+
+use flashcart_api::ApiRequest;
+use flashcart_edge_cache::CacheConfig;
+
+use crate::support::{ADMIN, command_calls, deduct_req, load, node_with, problem_type};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_thousand_buyers_fifty_units_then_no_redis_calls() {
+    let cache = CacheConfig {
+        sold_out_ttl_ms: 60_000,
+        ..CacheConfig::default()
+    };
+    let n = Arc::new(
+        node_with(
+            Some(flashcart_core::inventory::RateLimit {
+                capacity: 5,
+                refill_per_second: 1,
+            }),
+            cache,
+        )
+        .await,
+    );
+    assert_eq!(load(&n.edge, "drop", 50, 16, -1_000).await.status, 201);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..2_000 {
+        let n = Arc::clone(&n);
+        tasks.spawn(async move {
+            n.edge
+                .deduct(&deduct_req(
+                    "drop",
+                    &format!("buyer-{i}"),
+                    1,
+                    &format!("k-{i}"),
+                ))
+                .await
+        });
+    }
+    let (mut created, mut sold_out) = (0, 0);
+    while let Some(resp) = tasks.join_next().await {
+        let resp = resp.expect("task");
+        match resp.status {
+            201 => created += 1,
+            409 => {
+                assert!(
+                    matches!(
+                        problem_type(&resp).as_str(),
+                        "sold-out" | "insufficient-stock"
+                    ),
+                    "{resp:?}"
+                );
+                sold_out += 1;
+            }
+            other => panic!("unexpected {other}: {resp:?}"),
+        }
+    }
+    assert_eq!((created, sold_out), (50, 1_950));
+    let state = n
+        .edge
+        .admin(
+            &ApiRequest::new("GET", "/v1/admin/skus/drop")
+                .header("authorization", &format!("Bearer {ADMIN}")),
+        )
+        .await
+        .json_body();
+    assert_eq!(
+        (
+            state["totals"]["available"].as_u64(),
+            state["totals"]["reserved"].as_u64()
+        ),
+        (Some(0), Some(50))
+    );
+    assert_eq!(state["invariant_holds"], true);
+
+    // The sold-out flag is cached now: a burst of deducts answers from the edge.
+    let before = command_calls(&n.redis);
+    for i in 0..500 {
+        let resp = n
+            .edge
+            .deduct(&deduct_req(
+                "drop",
+                &format!("late-{i}"),
+                1,
+                &format!("l-{i}"),
+            ))
+            .await;
+        assert_eq!(
+            (resp.status, resp.header_value("flashcart-cache")),
+            (409, Some("sold-out"))
+        );
+    }
+    let mut after = command_calls(&n.redis);
+    // The INFO calls that read the counters are the only commands allowed to move.
+    let info_before = before.get("info").copied().unwrap_or(0);
+    assert_eq!(after.remove("info"), Some(info_before + 1));
+    let mut before = before;
+    before.remove("info");
+    assert_eq!(after, before, "the burst reached Redis");
+}

@@ -1,0 +1,90 @@
+//! `docs/openapi.json`, `spin.toml` and the code agree.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::support::PROBLEM_TYPES;
+
+fn repo_file(path: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn spec() -> serde_json::Value {
+    serde_json::from_str(&repo_file("docs/openapi.json")).expect("openapi.json is JSON")
+}
+
+#[test]
+fn problem_types_in_the_spec_are_the_ones_the_edge_emits() {
+    let spec = spec();
+    let listed: BTreeSet<String> =
+        spec["components"]["schemas"]["Problem"]["properties"]["type"]["enum"]
+            .as_array()
+            .expect("enum")
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .expect("str")
+                    .trim_start_matches("urn:flashcart:problem:")
+                    .to_owned()
+            })
+            .collect();
+    let emitted: BTreeSet<String> = PROBLEM_TYPES.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(listed, emitted);
+    // Every problem a response documents is a listed type, and every listed type is documented.
+    let text = spec["paths"].to_string();
+    let documented: BTreeSet<String> = text
+        .match_indices("urn:flashcart:problem:")
+        .map(|(i, m)| {
+            text[i + m.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                .collect()
+        })
+        .collect();
+    assert_eq!(documented, emitted);
+}
+
+#[test]
+fn every_spin_route_is_in_the_spec_and_back() {
+    let manifest: toml::Table = toml::from_str(&repo_file("spin.toml")).expect("spin.toml");
+    let routes: BTreeSet<String> = manifest["trigger"]["http"]
+        .as_array()
+        .expect("triggers")
+        .iter()
+        .map(|t| {
+            let route = t["route"].as_str().expect("route");
+            route
+                .split('/')
+                .map(|s| {
+                    s.strip_prefix(':')
+                        .map_or_else(|| s.to_owned(), |p| format!("{{{p}}}"))
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect();
+    let paths: BTreeSet<String> = spec()["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(routes, paths);
+}
+
+#[test]
+fn every_component_reaches_redis_only_through_its_variable() {
+    let manifest: toml::Table = toml::from_str(&repo_file("spin.toml")).expect("spin.toml");
+    for (name, component) in manifest["component"].as_table().expect("components") {
+        let hosts = component["allowed_outbound_hosts"]
+            .as_array()
+            .expect("hosts");
+        assert_eq!(hosts.len(), 1, "{name}");
+        assert_eq!(
+            hosts[0].as_str(),
+            Some("redis://{{ redis_address }}"),
+            "{name}"
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! The payment callback's signature checks: the right outcome, and nothing written on
+//! rejection.
+
+use flashcart_api::ApiRequest;
+
+use crate::support::{
+    PSP_SECRET, deduct_req, load, node, now_ms, order_req, payment_req, problem_type,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signature_outcomes() {
+    let n = node().await;
+    let e = &n.edge;
+    assert_eq!(load(e, "tee", 4, 2, -1_000).await.status, 201);
+    let rid = e
+        .deduct(&deduct_req("tee", "pat", 1, "p1"))
+        .await
+        .json_body()["reservation_id"]
+        .as_str()
+        .expect("rid")
+        .to_owned();
+    let oid = e.orders(&order_req(&rid, "pat", "po1")).await.json_body()["id"]
+        .as_str()
+        .expect("oid")
+        .to_owned();
+    let body = serde_json::json!({ "event_id": "evt_sig", "order_id": oid, "amount": 1999, "currency": "EUR" });
+    let now = now_ms() / 1000;
+
+    let before = flashcart_testkit::snapshot(&n.redis).expect("snapshot");
+    let refused = [
+        ("expired", payment_req(&body, PSP_SECRET, now - 301)),
+        ("from the future", payment_req(&body, PSP_SECRET, now + 301)),
+        ("wrong secret", payment_req(&body, "whsec_wrong", now)),
+        ("tampered body", {
+            let mut r = payment_req(&body, PSP_SECRET, now);
+            r.body = r
+                .body
+                .iter()
+                .map(|b| if *b == b'9' { b'8' } else { *b })
+                .collect();
+            r
+        }),
+        ("missing header", {
+            let mut r = payment_req(&body, PSP_SECRET, now);
+            r.headers.retain(|(n, _)| n != "flashcart-signature");
+            r
+        }),
+        ("malformed header", {
+            let mut r = payment_req(&body, PSP_SECRET, now);
+            r.headers.retain(|(n, _)| n != "flashcart-signature");
+            r.header("flashcart-signature", "v1=zz")
+        }),
+    ];
+    for (what, req) in refused {
+        let resp = e.payment_callback(&req).await;
+        assert_eq!(
+            (resp.status, problem_type(&resp).as_str()),
+            (400, "invalid-signature"),
+            "{what}: {resp:?}"
+        );
+    }
+    assert_eq!(
+        flashcart_testkit::snapshot(&n.redis).expect("snapshot"),
+        before,
+        "a refused callback wrote something"
+    );
+
+    // The previous secret still verifies during rotation.
+    let rotated = e
+        .payment_callback(&payment_req(&body, "whsec_previous", now))
+        .await;
+    assert_eq!(
+        (rotated.status, rotated.json_body()["outcome"].as_str()),
+        (200, Some("paid"))
+    );
+    // The provider retries the same event: recorded once, answered the same.
+    let replay = e
+        .payment_callback(&payment_req(&body, PSP_SECRET, now))
+        .await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(
+        (
+            replay.json_body()["outcome"].as_str(),
+            replay.json_body()["replayed"].as_bool()
+        ),
+        (Some("paid"), Some(true))
+    );
+    // A different event for the paid order is recorded as a duplicate, still 200.
+    let other = serde_json::json!({ "event_id": "evt_other", "order_id": oid, "amount": 1999, "currency": "EUR" });
+    let dup = e
+        .payment_callback(&payment_req(&other, PSP_SECRET, now))
+        .await;
+    assert_eq!(
+        (dup.status, dup.json_body()["outcome"].as_str()),
+        (200, Some("duplicate_payment"))
+    );
+    let order = e
+        .orders(&ApiRequest::new("GET", &format!("/v1/orders/{oid}")))
+        .await;
+    assert_eq!(order.json_body()["state"], "paid");
+}

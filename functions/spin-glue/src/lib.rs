@@ -1,0 +1,246 @@
+//! flashcart-spin: what every flashcart edge component shares on Spin (or flashcart's own
+//! host, which implements the same interfaces).
+//!
+//! - [`SpinRedis`]: `spin:redis` `execute` behind the core's [`RedisExecutor`].
+//! - [`SpinKv`]: the node's `default` key-value store behind the edge cache's [`KvStore`].
+//! - [`serve`]: reads the Spin variables, builds the [`Edge`], converts the request, runs one
+//!   [`Operation`], converts the response.
+//!
+//! Variables (see `spin.toml`): `redis_address` (required), `admin_token`,
+//! `psp_signing_secrets` (comma-separated, newest first), `partitions` (16),
+//! `cache_staleness_ms` (250), `sold_out_ttl_ms` (1000), `buyer_rate_capacity` (20),
+//! `buyer_rate_per_second` (10; 0 turns the limiter off).
+#![deny(missing_docs)]
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flashcart_api::{ApiRequest, ApiResponse, Edge, EdgeConfig, Secret};
+use flashcart_core::exec::{ExecError, FailureKind, RedisExecutor, Value};
+use flashcart_core::inventory::{RateLimit, Settings};
+use flashcart_core::signature::SigningSecret;
+use flashcart_core::{Inventory, KeySchema, Rejection};
+use flashcart_edge_cache::{CacheConfig, Clock, KvError, KvStore};
+use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::redis::{self as redis3, RedisParameter, RedisResult};
+
+/// `spin:redis` as the core's executor.
+pub struct SpinRedis(redis3::Connection);
+
+impl RedisExecutor for SpinRedis {
+    async fn execute(&self, command: &str, args: Vec<String>) -> Result<Vec<Value>, ExecError> {
+        let params = args
+            .into_iter()
+            .map(|a| RedisParameter::Binary(a.into_bytes()));
+        let results = self.0.execute(command, params).await.map_err(|e| {
+            let kind = match e {
+                redis3::Error::InvalidAddress | redis3::Error::TooManyConnections => {
+                    FailureKind::Connection
+                }
+                redis3::Error::TypeError | redis3::Error::Other(_) => FailureKind::Server,
+            };
+            ExecError {
+                kind,
+                message: format!("{e:?}"),
+            }
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                RedisResult::Nil => Value::Nil,
+                RedisResult::Status(s) => Value::Status(s),
+                RedisResult::Int64(i) => Value::Int(i),
+                RedisResult::Binary(b) => Value::Bytes(b),
+            })
+            .collect())
+    }
+}
+
+/// The node's `default` key-value store.
+pub struct SpinKv(spin_sdk::key_value::Store);
+
+impl KvStore for SpinKv {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.0.get(key).await.map_err(|e| KvError(format!("{e:?}")))
+    }
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.0
+            .set(key, value)
+            .await
+            .map_err(|e| KvError(format!("{e:?}")))
+    }
+    async fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.0
+            .delete(key)
+            .await
+            .map_err(|e| KvError(format!("{e:?}")))
+    }
+}
+
+/// The wall clock of the node.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock;
+
+impl Clock for WallClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// Which handler a component runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `GET /v1/stock/{sku}`
+    StockCheck,
+    /// `POST /v1/stock/{sku}/reservations`
+    Deduct,
+    /// `POST /v1/orders`, `GET /v1/orders/{id}`
+    Orders,
+    /// `POST /v1/payments/callback`
+    PaymentCallback,
+    /// `PUT|GET /v1/admin/skus/{sku}`
+    Admin,
+}
+
+/// The edge as a component builds it.
+pub type SpinEdge = Edge<SpinRedis, SpinKv, WallClock>;
+
+async fn variable(name: &str) -> Option<String> {
+    spin_sdk::variables::get(name)
+        .await
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+async fn number(name: &str, default: u64) -> Result<u64, Rejection> {
+    match variable(name).await {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| Rejection::Unavailable(format!("variable {name} is not a number"))),
+    }
+}
+
+/// Builds the edge from the component's variables.
+///
+/// # Errors
+/// 503 when `redis_address` is missing, a number is malformed, or Redis cannot be opened.
+pub async fn edge() -> Result<SpinEdge, Rejection> {
+    let address = variable("redis_address")
+        .await
+        .ok_or_else(|| Rejection::Unavailable("the redis_address variable is not set".into()))?;
+    let address = if address.contains("://") {
+        address
+    } else {
+        format!("redis://{address}")
+    };
+    let conn = redis3::Connection::open(&address)
+        .await
+        .map_err(|e| Rejection::Unavailable(format!("cannot open redis: {e:?}")))?;
+    let partitions = number("partitions", u64::from(KeySchema::DEFAULT_PARTITIONS)).await?;
+    let schema = KeySchema::new(u32::try_from(partitions).unwrap_or(0))
+        .map_err(|e| Rejection::Unavailable(format!("variable partitions: {e}")))?;
+    let store = spin_sdk::key_value::Store::open_default()
+        .await
+        .map_err(|e| Rejection::Unavailable(format!("cannot open the key-value store: {e:?}")))?;
+    let cache = CacheConfig {
+        staleness_ms: number("cache_staleness_ms", 250).await?,
+        sold_out_ttl_ms: number("sold_out_ttl_ms", 1_000).await?,
+        ..CacheConfig::default()
+    };
+    let per_second = number("buyer_rate_per_second", 10).await?;
+    let config = EdgeConfig {
+        admin_token: variable("admin_token").await.map(Secret::new),
+        psp_secrets: variable("psp_signing_secrets")
+            .await
+            .map(|v| SigningSecret::list(&v))
+            .unwrap_or_default(),
+        buyer_rate: (per_second > 0).then_some(RateLimit {
+            capacity: number("buyer_rate_capacity", 20).await?,
+            refill_per_second: per_second,
+        }),
+        ..EdgeConfig::default()
+    };
+    let inventory = Inventory::new(SpinRedis(conn), schema, Settings::default());
+    Ok(Edge::new(
+        inventory,
+        SpinKv(store),
+        WallClock,
+        cache,
+        config,
+    ))
+}
+
+/// A request id: the caller's `x-request-id`, or a random one.
+fn request_id(req: &ApiRequest) -> String {
+    req.header_value("x-request-id").map_or_else(
+        || {
+            format!(
+                "{:016x}",
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            )
+        },
+        str::to_owned,
+    )
+}
+
+/// Runs `op` for a Spin request.
+pub async fn serve(req: spin_sdk::http::Request, op: Operation) -> http::Response<String> {
+    let (parts, body) = req.into_parts();
+    let body = match body.bytes().await {
+        Ok(b) => b.to_vec(),
+        Err(e) => {
+            return render(ApiResponse::problem(&Rejection::Unavailable(format!(
+                "reading the body: {e:?}"
+            ))));
+        }
+    };
+    let api = ApiRequest {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body,
+    };
+    let edge = match edge().await {
+        Ok(e) => e,
+        Err(r) => return render(ApiResponse::problem(&r)),
+    };
+    let response = match op {
+        Operation::StockCheck => edge.stock_check(&api, &request_id(&api)).await,
+        Operation::Deduct => edge.deduct(&api).await,
+        Operation::Orders => edge.orders(&api).await,
+        Operation::PaymentCallback => edge.payment_callback(&api).await,
+        Operation::Admin => {
+            // Loading a SKU is the first thing any Redis sees: bring the library with it.
+            if api.method == "PUT"
+                && let Err(e) = edge.inventory().ensure_library().await
+            {
+                return render(ApiResponse::problem(&Rejection::Unavailable(e.to_string())));
+            }
+            edge.admin(&api).await
+        }
+    };
+    render(response)
+}
+
+fn render(resp: ApiResponse) -> http::Response<String> {
+    let mut builder = http::Response::builder().status(resp.status);
+    for (name, value) in &resp.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let body = String::from_utf8(resp.body).unwrap_or_default();
+    builder.body(body).unwrap_or_else(|_| {
+        let mut fallback = http::Response::new(String::from("{\"status\":500}"));
+        *fallback.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        fallback
+    })
+}
