@@ -345,7 +345,7 @@ impl<C: ConnectionLike + Send> Consumer<C> {
                 Err(other) => return Err(other.into()),
             }
         };
-        if let Some(hook) = &self.config.after_commit {
+        if let Some(hook) = self.config.after_commit.as_ref().filter(|_| !ok.is_empty()) {
             hook();
         }
         let mut by_partition: BTreeMap<Partition, Vec<String>> = BTreeMap::new();
