@@ -73,11 +73,23 @@ pub enum DlqCommand {
 /// # Errors
 /// When Redis fails, or `retry` names no dead letter.
 pub async fn dlq(args: &DlqArgs) -> anyhow::Result<String> {
-    let mut conn = args.config.connect_redis().await?;
+    let out = match args.config.connect_redis().await? {
+        flashcart_inventory::RedisConn::Single(mut conn) => dlq_on(&mut conn, args).await?,
+        flashcart_inventory::RedisConn::Cluster(mut conn) => dlq_on(&mut conn, args).await?,
+    };
+    print!("{out}");
+    Ok(out)
+}
+
+async fn dlq_on<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    args: &DlqArgs,
+) -> anyhow::Result<String> {
+    let conn = &mut *conn;
     let schema = args.config.schema()?;
     let out = match &args.command {
         DlqCommand::List { limit } => {
-            let letters = dead_letters::list(&mut conn, &schema, *limit).await?;
+            let letters = dead_letters::list(conn, &schema, *limit).await?;
             let mut out = format!("{} dead-lettered\n", letters.len());
             for l in letters {
                 out.push_str(&format!(
@@ -92,17 +104,16 @@ pub async fn dlq(args: &DlqArgs) -> anyhow::Result<String> {
             out
         }
         DlqCommand::Retry { id } => {
-            let new_id = dead_letters::retry(&mut conn, &schema, *id).await?;
+            let new_id = dead_letters::retry(conn, &schema, *id).await?;
             format!("{id} back on its stream as {new_id}\n")
         }
         DlqCommand::Drop { id } => {
-            if dead_letters::drop(&mut conn, *id).await? {
+            if dead_letters::drop(conn, *id).await? {
                 format!("{id} dropped\n")
             } else {
                 format!("{id}: no such dead letter\n")
             }
         }
     };
-    print!("{out}");
     Ok(out)
 }

@@ -181,6 +181,11 @@ impl<C: ConnectionLike + Send> Consumer<C> {
         })
     }
 
+    /// This consumer's name in the group.
+    pub fn name(&self) -> &str {
+        &self.config.consumer
+    }
+
     /// The metrics this consumer updates.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -270,7 +270,23 @@ impl Ledger {
                     .await?
             }
         };
-        migrator(backend).run(&pool).await?;
+        // sqlx locks the migrations on PostgreSQL (advisory lock) but not on SQLite: two
+        // processes opening a new SQLite ledger at once both try migration 1, and the second
+        // fails on the first's tables. Its transaction rolls back, and a second look finds
+        // the migration applied.
+        let migrator = migrator(backend);
+        let mut attempt = 0;
+        loop {
+            match migrator.run(&pool).await {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "migrating the ledger again");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(Self { pool, backend })
     }
 

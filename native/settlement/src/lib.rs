@@ -112,6 +112,14 @@ pub struct Config {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+    /// Redis Cluster nodes (repeat, or comma-separated); when given, used instead of
+    /// `--redis-url`.
+    #[arg(
+        long = "redis-cluster",
+        env = "FLASHCART_REDIS_CLUSTER",
+        value_delimiter = ','
+    )]
+    pub redis_cluster: Vec<String>,
     /// The ledger: `postgres://…`, `sqlite://PATH` or a file path. Default:
     /// `<data-dir>/ledger.sqlite`.
     #[arg(long, env = "FLASHCART_LEDGER_URL")]
@@ -163,6 +171,7 @@ impl Config {
     pub fn new(redis_url: &str, ledger_url: &str) -> Self {
         Self {
             redis_url: redis_url.to_owned(),
+            redis_cluster: Vec::new(),
             ledger_url: Some(ledger_url.to_owned()),
             data_dir: PathBuf::from(".flashcart"),
             partitions: u32::from(KeySchema::DEFAULT_PARTITIONS),
@@ -229,22 +238,31 @@ impl Config {
     /// # Errors
     /// When Redis cannot be reached or refuses the library.
     pub async fn open_inventory(&self) -> anyhow::Result<flashcart_inventory::NativeInventory> {
-        let target = flashcart_inventory::Target::Single(self.redis_url.clone());
+        let target = self.target();
         flashcart_inventory::open(&target, self.schema()?, flashcart_core::Settings::default())
             .await
-            .with_context(|| format!("opening the inventory at {}", self.redis_url))
+            .with_context(|| format!("opening the inventory at {target:?}"))
     }
 
-    /// Connects to Redis (reconnecting on its own after a dropped connection).
+    /// The Redis deployment: a cluster when `--redis-cluster` names nodes, else one server.
+    pub fn target(&self) -> flashcart_inventory::Target {
+        if self.redis_cluster.is_empty() {
+            flashcart_inventory::Target::Single(self.redis_url.clone())
+        } else {
+            flashcart_inventory::Target::Cluster(self.redis_cluster.clone())
+        }
+    }
+
+    /// Connects to Redis: a reconnecting connection manager for one server, a cluster-aware
+    /// connection for a cluster.
     ///
     /// # Errors
-    /// When the URL is invalid or Redis cannot be reached.
-    pub async fn connect_redis(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        let client = redis::Client::open(self.redis_url.as_str()).context("--redis-url")?;
-        client
-            .get_connection_manager()
+    /// When an address is invalid or Redis cannot be reached.
+    pub async fn connect_redis(&self) -> anyhow::Result<flashcart_inventory::RedisConn> {
+        let target = self.target();
+        flashcart_inventory::RedisConn::connect(&target)
             .await
-            .with_context(|| format!("connecting to {}", self.redis_url))
+            .with_context(|| format!("connecting to {target:?}"))
     }
 }
 
@@ -270,20 +288,46 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let schema = config.schema()?;
     let ledger = config.open_ledger().await?;
-    let redis = config.connect_redis().await?;
     let metrics = Arc::new(Metrics::default());
     let mut consumer_config = config.consumer_config();
     consumer_config.after_commit = after_commit;
-    let name = consumer_config.consumer.clone();
-    let mut consumer = Consumer::new(
-        redis,
-        ledger.clone(),
-        schema,
-        consumer_config,
-        metrics.clone(),
-    )
-    .await
-    .context("creating the consumer group")?;
+    match config.connect_redis().await? {
+        flashcart_inventory::RedisConn::Single(redis) => {
+            let consumer = Consumer::new(
+                redis,
+                ledger.clone(),
+                schema,
+                consumer_config,
+                metrics.clone(),
+            )
+            .await
+            .context("creating the consumer group")?;
+            serve(&config, consumer, ledger, metrics, shutdown).await
+        }
+        flashcart_inventory::RedisConn::Cluster(redis) => {
+            let consumer = Consumer::new(
+                redis,
+                ledger.clone(),
+                schema,
+                consumer_config,
+                metrics.clone(),
+            )
+            .await
+            .context("creating the consumer group")?;
+            serve(&config, consumer, ledger, metrics, shutdown).await
+        }
+    }
+}
+
+/// The service loop over a ready consumer.
+async fn serve<C: redis::aio::ConnectionLike + Send>(
+    config: &Config,
+    mut consumer: Consumer<C>,
+    ledger: Ledger,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let name = consumer.name().to_owned();
     let timers = if config.no_timers {
         None
     } else {

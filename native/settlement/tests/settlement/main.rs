@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cluster;
 mod crash;
 mod flow;
 mod parallel;

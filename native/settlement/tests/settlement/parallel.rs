@@ -104,10 +104,17 @@ async fn two_processes_share_the_work(env: Env) -> Result<()> {
         anyhow::ensure!(std::time::Instant::now() < deadline, "settled in time");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let mut applied = Vec::new();
-    for (_, addr) in &children {
-        applied.push(counter(*addr, "flashcart_settle_events_applied_total").await?);
-    }
+    // The counters move right after each batch's XACK, a moment after its commit.
+    let applied = loop {
+        let mut applied = Vec::new();
+        for (_, addr) in &children {
+            applied.push(counter(*addr, "flashcart_settle_events_applied_total").await?);
+        }
+        if applied.iter().sum::<u64>() >= ids.len() as u64 || std::time::Instant::now() > deadline {
+            break applied;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     // SIGTERM: each finishes its batch in hand and exits cleanly.
     for (child, _) in &mut children {
         let pid = child.id().ok_or_else(|| anyhow::anyhow!("child gone"))?;

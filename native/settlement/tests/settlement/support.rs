@@ -173,7 +173,9 @@ impl Env {
 }
 
 /// Steps `consumer` until it is idle; returns entries settled.
-pub(crate) async fn drain(consumer: &mut Consumer<ConnectionManager>) -> Result<usize> {
+pub(crate) async fn drain<C: redis::aio::ConnectionLike + Send>(
+    consumer: &mut Consumer<C>,
+) -> Result<usize> {
     let mut total = 0;
     while let Step::Applied(n) = consumer.step().await? {
         total += n;
