@@ -70,7 +70,7 @@ impl Default for ConsumerConfig {
             group: "settlement".to_owned(),
             consumer: "settle-1".to_owned(),
             batch_size: 1000,
-            claim_idle: Duration::from_secs(30),
+            claim_idle: Duration::from_secs(10),
             max_failures: 5,
             retry_base: Duration::from_secs(1),
             after_commit: None,
@@ -79,6 +79,14 @@ impl Default for ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// How long an event keeps being retried before it is dead-lettered: the sum of the
+    /// backoffs before its last try. It must exceed `claim_idle`: a payment whose order is
+    /// pending in a dead consumer fails ("order not in the ledger") until that order is
+    /// claimed and applied.
+    pub fn patience(&self) -> Duration {
+        (1..self.max_failures).map(|n| self.backoff(n)).sum()
+    }
+
     /// The idle time a failed entry waits before its next try: `retry_base · 2^(failures-1)`,
     /// at most ten minutes.
     pub fn backoff(&self, failures: u32) -> Duration {
@@ -643,5 +651,9 @@ mod tests {
         assert_eq!(c.backoff(2), Duration::from_millis(200));
         assert_eq!(c.backoff(4), Duration::from_millis(800));
         assert_eq!(c.backoff(40), Duration::from_secs(600));
+        // Defaults: 1 + 2 + 4 + 8 s of retries outlast the 10 s claim idle time.
+        let d = ConsumerConfig::default();
+        assert_eq!(d.patience(), Duration::from_secs(15));
+        assert!(d.patience() > d.claim_idle);
     }
 }

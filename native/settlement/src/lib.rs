@@ -141,7 +141,7 @@ pub struct Config {
     #[arg(long, env = "FLASHCART_SETTLE_BATCH", default_value_t = 1000)]
     pub batch_size: usize,
     /// Idle time after which another process claims a consumer's unacknowledged entries.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub claim_idle: Duration,
     /// Failures after which an event goes to the dead-letter stream.
     #[arg(long, default_value_t = 5)]
@@ -178,7 +178,7 @@ impl Config {
             group: "settlement".to_owned(),
             consumer: None,
             batch_size: 1000,
-            claim_idle: Duration::from_secs(30),
+            claim_idle: Duration::from_secs(10),
             max_failures: 5,
             retry_base: Duration::from_secs(1),
             idle_wait: Duration::from_millis(50),
@@ -207,7 +207,7 @@ impl Config {
 
     /// The consumer settings.
     pub fn consumer_config(&self) -> ConsumerConfig {
-        ConsumerConfig {
+        let config = ConsumerConfig {
             group: self.group.clone(),
             consumer: self.consumer.clone().unwrap_or_else(default_consumer),
             batch_size: self.batch_size.max(1),
@@ -215,7 +215,16 @@ impl Config {
             max_failures: self.max_failures.max(1),
             retry_base: self.retry_base,
             after_commit: None,
+        };
+        if config.patience() <= config.claim_idle {
+            tracing::warn!(
+                patience = ?config.patience(),
+                claim_idle = ?config.claim_idle,
+                "an event waiting for an earlier one held by a dead consumer would be dead-lettered \
+                 before that one is claimed: raise --retry-base or --max-failures, or lower --claim-idle"
+            );
         }
+        config
     }
 
     /// Opens the ledger (creating the data dir for the default SQLite file).
