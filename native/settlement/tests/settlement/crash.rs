@@ -49,7 +49,7 @@ fn spawn(env: &Env, kill_after_commit: Option<u64>) -> Result<Child> {
             "--claim-idle",
             "1s",
             "--retry-base",
-            "50ms",
+            "100ms",
             "--maintain-every",
             "200ms",
         ])

@@ -90,7 +90,14 @@ async fn two_processes_share_the_work(env: Env) -> Result<()> {
                 &env.ledger_url,
             ])
             .args(["--consumer", name, "--batch-size", "100", "--no-timers"])
-            .args(["--retry-base", "200ms", "--maintain-every", "100ms"])
+            .args([
+                "--retry-base",
+                "200ms",
+                "--claim-idle",
+                "2s",
+                "--maintain-every",
+                "100ms",
+            ])
             .args(["--metrics-addr", &addr.to_string()])
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
