@@ -1172,6 +1172,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_second_event_creating_the_same_reservation_is_refused() {
+        let (ledger, _dir) = ledger().await;
+        ledger.apply(&[created("1-0", "r1")]).await.unwrap();
+        match ledger
+            .apply(&[created("2-0", "r2"), created("2-1", "r1")])
+            .await
+        {
+            Err(LedgerError::Event {
+                index: 1,
+                failure:
+                    EventFailure::Duplicate {
+                        what: "reservation",
+                        ..
+                    },
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            ledger.counts().await.unwrap().reservations,
+            1,
+            "rolled back"
+        );
+    }
+
+    #[tokio::test]
     async fn a_constraint_only_the_database_checks_is_pinned_on_its_event() {
         let (ledger, _dir) = ledger().await;
         ledger

@@ -128,6 +128,8 @@ struct Rsv {
     created_at: i64,
     closed_at: Option<i64>,
     dirty: bool,
+    /// Read from the database (else created by this batch).
+    existed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -145,10 +147,14 @@ struct Ord {
     created_at: i64,
     updated_at: i64,
     dirty: bool,
+    /// Read from the database (else created by this batch).
+    existed: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Refund {
+    /// Read from the database (else created by this batch).
+    existed: bool,
     psp_event: Option<String>,
     amount: Option<i64>,
     currency: Option<String>,
@@ -245,6 +251,7 @@ async fn fold_and_write(
                 created_at: r.try_get(7)?,
                 closed_at: r.try_get(8)?,
                 dirty: false,
+                existed: true,
             },
         );
     }
@@ -275,6 +282,7 @@ async fn fold_and_write(
                 created_at: r.try_get(11)?,
                 updated_at: r.try_get(12)?,
                 dirty: false,
+                existed: true,
             },
         );
     }
@@ -293,6 +301,7 @@ async fn fold_and_write(
             r.try_get(0)?,
             (
                 Refund {
+                    existed: true,
                     psp_event: r.try_get(1)?,
                     amount: r.try_get(2)?,
                     currency: r.try_get(3)?,
@@ -407,6 +416,7 @@ async fn fold_and_write(
                         created_at: at,
                         closed_at: None,
                         dirty: true,
+                        existed: false,
                     },
                 );
             }
@@ -444,6 +454,7 @@ async fn fold_and_write(
                         created_at: at,
                         updated_at: at,
                         dirty: true,
+                        existed: false,
                     },
                 );
                 order_events.push(ledger_row(ord, None, "pending_payment", ""));
@@ -481,6 +492,7 @@ async fn fold_and_write(
                     ord.clone(),
                     (
                         Refund {
+                            existed: false,
                             psp_event: Some(psp_event.clone()),
                             amount: Some(*amount),
                             currency: Some(currency.clone()),
@@ -505,6 +517,7 @@ async fn fold_and_write(
                 let entry = refunds.entry(ord.clone()).or_insert_with(|| {
                     (
                         Refund {
+                            existed: false,
                             psp_event: None,
                             amount: None,
                             currency: None,
@@ -547,60 +560,81 @@ async fn fold_and_write(
             Err(Failure::Event(failure)) => return Err(Bulk::Event { index, failure }),
         }
     }
-    let rows: Vec<Vec<Arg>> = rsvs
+    // Rows this batch created are plainly inserted, so a row that appeared meanwhile (another
+    // event creating the same id) is a unique-key error, never a silent merge; rows read
+    // (and locked) above are upserted.
+    let (new, old): (Vec<_>, Vec<_>) = rsvs
         .iter()
         .filter(|(_, r)| r.dirty)
-        .map(|(id, r)| {
-            vec![
-                text(id),
-                text(&r.sku),
-                int(r.segment),
-                int(r.qty),
-                text(&r.buyer),
-                int(r.expires_at),
-                text(&r.state),
-                int(r.created_at),
-                Arg::OptInt(r.closed_at),
-            ]
-        })
-        .collect();
+        .partition(|(_, r)| !r.existed);
+    let reservation_row = |(id, r): &(&String, &Rsv)| {
+        vec![
+            text(id),
+            text(&r.sku),
+            int(r.segment),
+            int(r.qty),
+            text(&r.buyer),
+            int(r.expires_at),
+            text(&r.state),
+            int(r.created_at),
+            Arg::OptInt(r.closed_at),
+        ]
+    };
+    const RESERVATIONS: &str = "INSERT INTO reservations (rsv, sku, segment, qty, buyer, expires_at, state, created_at, closed_at)";
     write_rows(
         tx,
         backend,
-        "INSERT INTO reservations (rsv, sku, segment, qty, buyer, expires_at, state, created_at, closed_at)",
-        "ON CONFLICT (rsv) DO UPDATE SET state = excluded.state, closed_at = excluded.closed_at",
-        &rows,
+        RESERVATIONS,
+        "",
+        &new.iter().map(reservation_row).collect::<Vec<_>>(),
     )
     .await?;
-    let rows: Vec<Vec<Arg>> = ords
-        .iter()
-        .filter(|(_, o)| o.dirty)
-        .map(|(id, o)| {
-            vec![
-                text(id),
-                text(&o.rsv),
-                text(&o.sku),
-                int(o.segment),
-                int(o.qty),
-                text(&o.buyer),
-                int(o.amount),
-                text(&o.currency),
-                int(o.deadline_at),
-                text(&o.state),
-                int(o.sold_qty),
-                int(o.created_at),
-                int(o.updated_at),
-            ]
-        })
-        .collect();
     write_rows(
         tx,
         backend,
-        "INSERT INTO orders (ord, rsv, sku, segment, qty, buyer, amount, currency, deadline_at, state, sold_qty, \
-         created_at, updated_at)",
+        RESERVATIONS,
+        "ON CONFLICT (rsv) DO UPDATE SET state = excluded.state, closed_at = excluded.closed_at",
+        &old.iter().map(reservation_row).collect::<Vec<_>>(),
+    )
+    .await?;
+    let (new, old): (Vec<_>, Vec<_>) = ords
+        .iter()
+        .filter(|(_, o)| o.dirty)
+        .partition(|(_, o)| !o.existed);
+    let order_row = |(id, o): &(&String, &Ord)| {
+        vec![
+            text(id),
+            text(&o.rsv),
+            text(&o.sku),
+            int(o.segment),
+            int(o.qty),
+            text(&o.buyer),
+            int(o.amount),
+            text(&o.currency),
+            int(o.deadline_at),
+            text(&o.state),
+            int(o.sold_qty),
+            int(o.created_at),
+            int(o.updated_at),
+        ]
+    };
+    const ORDERS: &str = "INSERT INTO orders (ord, rsv, sku, segment, qty, buyer, amount, currency, deadline_at, \
+                          state, sold_qty, created_at, updated_at)";
+    write_rows(
+        tx,
+        backend,
+        ORDERS,
+        "",
+        &new.iter().map(order_row).collect::<Vec<_>>(),
+    )
+    .await?;
+    write_rows(
+        tx,
+        backend,
+        ORDERS,
         "ON CONFLICT (ord) DO UPDATE SET state = excluded.state, sold_qty = excluded.sold_qty, \
          updated_at = excluded.updated_at",
-        &rows,
+        &old.iter().map(order_row).collect::<Vec<_>>(),
     )
     .await?;
     write_rows(
@@ -619,27 +653,37 @@ async fn fold_and_write(
         &payments,
     )
     .await?;
-    let rows: Vec<Vec<Arg>> = refunds
+    let (new, old): (Vec<_>, Vec<_>) = refunds
         .iter()
         .filter(|(_, (_, dirty))| *dirty)
-        .map(|(id, (r, _))| {
-            vec![
-                text(id),
-                Arg::OptText(r.psp_event.clone()),
-                Arg::OptInt(r.amount),
-                Arg::OptText(r.currency.clone()),
-                text(&r.state),
-                int(r.created_at),
-                int(r.updated_at),
-            ]
-        })
-        .collect();
+        .partition(|(_, (r, _))| !r.existed);
+    let refund_row = |(id, (r, _)): &(&String, &(Refund, bool))| {
+        vec![
+            text(id),
+            Arg::OptText(r.psp_event.clone()),
+            Arg::OptInt(r.amount),
+            Arg::OptText(r.currency.clone()),
+            text(&r.state),
+            int(r.created_at),
+            int(r.updated_at),
+        ]
+    };
+    const REFUNDS: &str =
+        "INSERT INTO refunds (ord, psp_event, amount, currency, state, created_at, updated_at)";
     write_rows(
         tx,
         backend,
-        "INSERT INTO refunds (ord, psp_event, amount, currency, state, created_at, updated_at)",
+        REFUNDS,
+        "",
+        &new.iter().map(refund_row).collect::<Vec<_>>(),
+    )
+    .await?;
+    write_rows(
+        tx,
+        backend,
+        REFUNDS,
         "ON CONFLICT (ord) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-        &rows,
+        &old.iter().map(refund_row).collect::<Vec<_>>(),
     )
     .await?;
     Ok(())
