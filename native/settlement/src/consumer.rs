@@ -212,7 +212,15 @@ impl<C: ConnectionLike + Send> Consumer<C> {
     /// same entries are read again by the next step.
     pub async fn step(&mut self) -> Result<Step> {
         let started = Instant::now();
-        let entries = self.read_batch().await?;
+        let entries = match self.read_batch().await {
+            Ok(entries) => entries,
+            Err(e) => {
+                // Some partitions may have been read (and so are pending with us) before the
+                // failure: read our pending entries again from the start next time.
+                self.replay_all();
+                return Err(e);
+            }
+        };
         if entries.is_empty() {
             self.metrics.alive();
             return Ok(Step::Idle);
@@ -220,10 +228,7 @@ impl<C: ConnectionLike + Send> Consumer<C> {
         let settled = match self.settle(entries, false).await {
             Ok(settled) => settled,
             Err(e) => {
-                // Read our pending entries again from the start next time.
-                self.replay
-                    .iter_mut()
-                    .for_each(|r| *r = Some("0".to_owned()));
+                self.replay_all();
                 return Err(e);
             }
         };
@@ -233,6 +238,13 @@ impl<C: ConnectionLike + Send> Consumer<C> {
         );
         self.metrics.alive();
         Ok(Step::Applied(settled))
+    }
+
+    /// Makes the next steps re-read this consumer's pending entries from the start.
+    fn replay_all(&mut self) {
+        self.replay
+            .iter_mut()
+            .for_each(|r| *r = Some("0".to_owned()));
     }
 
     async fn read_batch(&mut self) -> Result<Vec<Entry>> {
@@ -465,6 +477,15 @@ impl<C: ConnectionLike + Send> Consumer<C> {
     /// # Errors
     /// When Redis or the ledger's database fails.
     pub async fn recover(&mut self) -> Result<Recovered> {
+        let outcome = self.claim_and_retry().await;
+        if outcome.is_err() {
+            // Claimed entries are pending with us now: the next steps read them again.
+            self.replay_all();
+        }
+        outcome
+    }
+
+    async fn claim_and_retry(&mut self) -> Result<Recovered> {
         let mut done = Recovered::default();
         for index in 0..self.replay.len() {
             let p = partition_of(&self.schema, index);
