@@ -73,3 +73,55 @@ async fn runs_serves_metrics_and_shuts_down_gracefully() -> Result<()> {
     tokio::time::timeout(Duration::from_secs(10), service).await???;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_the_timers_on_the_server_clock() -> Result<()> {
+    use flashcart_core::Now;
+    let env = Env::start(Db::Sqlite)?;
+    let inv = env.inventory().await?;
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let sku = unique_sku("svc-timer");
+    let spec = flashcart_core::sku::SkuSpec {
+        sale_start: now - 3_600_000,
+        sale_end: now + 3_600_000,
+        segments: Some(1),
+        ..crate::support::spec(&sku, 10, 1_000, 1_000)
+    };
+    inv.load_sku(&spec, Now::Server)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let r = inv
+        .reserve(
+            &crate::support::reserve_req(&sku, "walker", 2, "k1"),
+            Now::Server,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let mut config = flashcart_settlement::Config::new(&env.redis.url(), &env.ledger_url);
+    config.consumer = Some("svc".into());
+    config.maintain_every = Duration::from_millis(100);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(flashcart_settlement::run(config, async {
+        let _ = stopped.await;
+    }));
+
+    // About a second later the reservation expires; the service's timer releases it and the
+    // release event comes back through the stream into the ledger.
+    let ledger = env.ledger().await?;
+    let rsv = r.id.to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ledger.reservation_state(&rsv).await?.as_deref() != Some("expired") {
+        assert!(Instant::now() < deadline, "expired in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stock = inv.stock(&sku).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!((stock.available(), stock.reserved()), (10, 0));
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), service).await???;
+    Ok(())
+}
