@@ -24,6 +24,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "domain core for wasm32-wasip2"
 cargo build -p flashcart-core --target wasm32-wasip2 --locked
 
+say "edge components for wasm32-wasip2 (release, into build/, as spin.toml expects)"
+./scripts/build-component.sh flashcart-fn-stock-check flashcart-fn-deduct flashcart-fn-order-create \
+    flashcart-fn-payment-callback flashcart-fn-admin
+
 say "cargo test (real redis-server and PostgreSQL, started privately by the tests)"
 cargo test --workspace --locked
 
