@@ -401,7 +401,6 @@ impl<C: ConnectionLike + Send> Consumer<C> {
                 .batch(applied.new, applied.duplicates, started.elapsed());
         }
         for (entry, error) in failed {
-            tracing::warn!(partition = %entry.partition, entry = %entry.id, %error, "event failed");
             self.record_failure(entry, &error).await?;
         }
         Ok(ok.len())
@@ -424,6 +423,13 @@ impl<C: ConnectionLike + Send> Consumer<C> {
             .query_async(&mut self.redis)
             .await
             .map(|(n,): (u32,)| (n, ()))?;
+        // A first failure is routine when several processes share a stream (a payment whose
+        // order is still in the other's batch); repeated ones are worth a look.
+        if n == 1 {
+            tracing::debug!(partition = %entry.partition, entry = %entry.id, error, "event failed once; will retry");
+        } else {
+            tracing::warn!(partition = %entry.partition, entry = %entry.id, error, failures = n, "event failed again");
+        }
         if n >= self.config.max_failures {
             self.dead_letter(&entry, n, error).await?;
         }
