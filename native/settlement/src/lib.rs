@@ -103,7 +103,7 @@ fn default_consumer() -> String {
 
 /// Everything `flashcart settle` takes. Flags are what operators set; each has an
 /// environment variable.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct Config {
     /// Redis holding the partition streams.
     #[arg(
@@ -164,6 +164,37 @@ pub struct Config {
     /// Serve `/metrics` and `/health` here (e.g. 127.0.0.1:9187).
     #[arg(long, env = "FLASHCART_SETTLE_METRICS")]
     pub metrics_addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Config {
+    // By hand: URLs may carry passwords, which must not reach a log through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("redis_url", &redact(&self.redis_url))
+            .field(
+                "redis_cluster",
+                &self
+                    .redis_cluster
+                    .iter()
+                    .map(|n| redact(n))
+                    .collect::<Vec<_>>(),
+            )
+            .field("ledger_url", &self.ledger_url.as_deref().map(redact))
+            .field("data_dir", &self.data_dir)
+            .field("partitions", &self.partitions)
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .field("batch_size", &self.batch_size)
+            .field("claim_idle", &self.claim_idle)
+            .field("max_failures", &self.max_failures)
+            .field("retry_base", &self.retry_base)
+            .field("idle_wait", &self.idle_wait)
+            .field("maintain_every", &self.maintain_every)
+            .field("no_timers", &self.no_timers)
+            .field("timer_batch", &self.timer_batch)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish()
+    }
 }
 
 impl Config {
@@ -239,7 +270,7 @@ impl Config {
         let url = self.ledger_url();
         Ledger::open(&url)
             .await
-            .with_context(|| format!("opening the ledger at {url}"))
+            .with_context(|| format!("opening the ledger at {}", redact(&url)))
     }
 
     /// Connects the core's inventory client (loading the function library if missing).
@@ -250,7 +281,7 @@ impl Config {
         let target = self.target();
         flashcart_inventory::open(&target, self.schema()?, flashcart_core::Settings::default())
             .await
-            .with_context(|| format!("opening the inventory at {target:?}"))
+            .with_context(|| format!("opening the inventory at {}", describe(&target)))
     }
 
     /// The Redis deployment: a cluster when `--redis-cluster` names nodes, else one server.
@@ -271,7 +302,32 @@ impl Config {
         let target = self.target();
         flashcart_inventory::RedisConn::connect(&target)
             .await
-            .with_context(|| format!("connecting to {target:?}"))
+            .with_context(|| format!("connecting to {}", describe(&target)))
+    }
+}
+
+/// A URL fit for logs and error messages: its password, if any, replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn describe(target: &flashcart_inventory::Target) -> String {
+    match target {
+        flashcart_inventory::Target::Single(url) => redact(url),
+        flashcart_inventory::Target::Cluster(nodes) => {
+            let nodes: Vec<String> = nodes.iter().map(|n| redact(n)).collect();
+            format!("cluster {}", nodes.join(","))
+        }
     }
 }
 
@@ -440,6 +496,33 @@ fn is_done<F: Future<Output = ()>>(fut: &mut std::pin::Pin<&mut F>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_debug_hides_passwords() {
+        let c = Config::new(
+            "redis://:pw@127.0.0.1:6379",
+            "postgres://app:s3cret@db/ledger",
+        );
+        let text = format!("{c:?}");
+        assert!(!text.contains("pw@") && !text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/ledger"),
+            "postgres://app:***@db:5432/ledger"
+        );
+        assert_eq!(
+            redact("redis://:pw@127.0.0.1:6379"),
+            "redis://:***@127.0.0.1:6379"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("/var/lib/flashcart/ledger.sqlite"),
+            "/var/lib/flashcart/ledger.sqlite"
+        );
+    }
 
     #[test]
     fn durations() {
