@@ -10,7 +10,7 @@ use anyhow::Result;
 use flashcart_settlement::reconcile::reconcile;
 use tokio::process::{Child, Command};
 
-use crate::support::{Env, assert_ledger_matches, on_both, story, unique_sku};
+use crate::support::{Env, Story, assert_ledger_matches, on_both, story, unique_sku};
 
 /// A small xorshift generator seeded from the clock (printed, so a failure can be replayed).
 struct Rng(u64);
@@ -38,13 +38,7 @@ fn spawn(env: &Env, kill_after_commit: Option<u64>) -> Result<Child> {
             "--ledger-url",
             &env.ledger_url,
         ])
-        .args([
-            "--consumer",
-            "crash-1",
-            "--batch-size",
-            "200",
-            "--no-timers",
-        ])
+        .args(["--consumer", "crash-1", "--batch-size", "50", "--no-timers"])
         .args([
             "--claim-idle",
             "1s",
@@ -61,37 +55,43 @@ fn spawn(env: &Env, kill_after_commit: Option<u64>) -> Result<Child> {
         .spawn()?)
 }
 
-async fn survives_sigkill_anywhere(env: Env) -> Result<()> {
-    let inv = env.inventory().await?;
-    let sku = unique_sku("crash");
-    let s = story(&inv, &sku, 8_500, 8).await?;
-    let ids = env.stream_ids().await?;
-    assert!(ids.len() >= 20_000, "the story made {} events", ids.len());
-    let target = i64::try_from(ids.len())?;
-
+/// Kills and restarts settlement — alternately right after its n-th commit (before the XACK)
+/// and from outside at a random moment, sixteen times — until the ledger holds every event the
+/// stories added (once `producer`, if any, has finished). Returns (outside kills, deaths after
+/// a commit).
+async fn chaos(
+    env: &Env,
+    ledger: &flashcart_settlement::Ledger,
+    producer: Option<&tokio::task::JoinHandle<Result<Story>>>,
+) -> Result<(u32, u32)> {
     let seed = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64 | 1;
     eprintln!("crash test seed {seed}");
     let mut rng = Rng(seed);
-    let ledger = env.ledger().await?;
     let mut external_kills = 0;
     let mut died_after_commit = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
+    // Every event added so far, once the producer is done (trims do not change it).
+    let target = || async {
+        match producer {
+            Some(p) if !p.is_finished() => Ok::<_, anyhow::Error>(None),
+            _ => Ok(Some(i64::try_from(env.entries_added().await?)?)),
+        }
+    };
     loop {
         let applied = ledger.counts().await?.applied_events;
-        if applied >= target {
+        if target().await?.is_some_and(|t| applied >= t) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "settled in time ({applied} of {target})"
+            "settled in time ({applied} applied)"
         );
-        // Rounds alternate: one dies by its own hand right after its n-th commit (before the
-        // XACK), the next is killed from outside at a random moment. After 16 rounds the
-        // child is left to finish.
+        // Small batches (50) and short lives (50–300 ms) keep each round's progress small, so
+        // even a fast machine needs many rounds for 20 000 events.
         let rounds = external_kills + died_after_commit;
         let inside = rounds < 16 && rounds % 2 == 0;
-        let mut child = spawn(&env, inside.then(|| 1 + rng.next(4)))?;
-        let life = Duration::from_millis(if inside { 10_000 } else { 100 + rng.next(400) });
+        let mut child = spawn(env, inside.then(|| 1 + rng.next(4)))?;
+        let life = Duration::from_millis(if inside { 10_000 } else { 50 + rng.next(250) });
         match tokio::time::timeout(life, child.wait()).await {
             Ok(status) => {
                 let status = status?;
@@ -109,7 +109,11 @@ async fn survives_sigkill_anywhere(env: Env) -> Result<()> {
             }
             Err(_) => {
                 // Enough kills: let it finish.
-                while ledger.counts().await?.applied_events < target {
+                loop {
+                    let applied = ledger.counts().await?.applied_events;
+                    if target().await?.is_some_and(|t| applied >= t) {
+                        break;
+                    }
                     assert!(Instant::now() < deadline, "settled in time");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -126,9 +130,17 @@ async fn survives_sigkill_anywhere(env: Env) -> Result<()> {
         died_after_commit >= 3,
         "killed between commit and XACK several times"
     );
+    Ok((external_kills, died_after_commit))
+}
 
-    // A last clean run acknowledges whatever the final kill left unacknowledged.
-    let mut child = spawn(&env, None)?;
+/// A last clean run acknowledges whatever the final kill left unacknowledged; then nothing
+/// may be pending or dead-lettered, and reconciliation must agree.
+async fn settle_rest_and_reconcile(
+    env: &Env,
+    inv: &flashcart_inventory::NativeInventory,
+    ledger: &flashcart_settlement::Ledger,
+) -> Result<()> {
+    let mut child = spawn(env, None)?;
     let mut conn = env.conn().await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -153,11 +165,22 @@ async fn survives_sigkill_anywhere(env: Env) -> Result<()> {
     }
     child.start_kill()?;
     child.wait().await?;
-
-    assert_ledger_matches(&ledger, &ids, &s).await?;
-    let report = reconcile(&inv, &ledger, "settlement", false).await?;
+    let report = reconcile(inv, ledger, "settlement", false).await?;
     assert!(!report.has_drift(), "{}", report.render());
     assert_eq!((report.in_flight, report.dead_letters), (0, 0));
+    Ok(())
+}
+
+async fn survives_sigkill_anywhere(env: Env) -> Result<()> {
+    let inv = env.inventory().await?;
+    let sku = unique_sku("crash");
+    let s = story(&inv, &sku, 8_500, 8).await?;
+    let ids = env.stream_ids().await?;
+    assert!(ids.len() >= 20_000, "the story made {} events", ids.len());
+    let ledger = env.ledger().await?;
+    chaos(&env, &ledger, None).await?;
+    settle_rest_and_reconcile(&env, &inv, &ledger).await?;
+    assert_ledger_matches(&ledger, &ids, &s).await?;
     // The same through the CLI's entry point.
     let args = flashcart_settlement::cli::ReconcileArgs {
         config: flashcart_settlement::Config::new(&env.redis.url(), &env.ledger_url),
@@ -170,3 +193,32 @@ async fn survives_sigkill_anywhere(env: Env) -> Result<()> {
     Ok(())
 }
 on_both!(survives_sigkill_anywhere);
+
+/// The same chaos while the decisions are still being made: settlement is killed while the
+/// producer appends, and trims behind itself, so the stream never holds everything at once.
+async fn survives_sigkill_with_a_live_producer(env: Env) -> Result<()> {
+    let inv = env.inventory().await?;
+    let ledger = env.ledger().await?;
+    let producer = {
+        let inv = inv.clone();
+        tokio::spawn(async move { story(&inv, &unique_sku("live"), 8_500, 8).await })
+    };
+    chaos(&env, &ledger, Some(&producer)).await?;
+    let s = producer.await??;
+    settle_rest_and_reconcile(&env, &inv, &ledger).await?;
+    let added = env.entries_added().await?;
+    assert!(added >= 20_000, "the story made {added} events");
+    let counts = ledger.counts().await?;
+    // Identities are the table's primary key, so equal counts mean each event exactly once.
+    assert_eq!(
+        counts.applied_events,
+        i64::try_from(added)?,
+        "every event applied, once"
+    );
+    assert_eq!(counts.reservations, i64::try_from(s.reservations)?);
+    assert_eq!(counts.orders, i64::try_from(s.orders)?);
+    assert_eq!(counts.payments, i64::try_from(s.paid + s.rejected)?);
+    assert_eq!(counts.order_events, i64::try_from(s.orders + s.paid)?);
+    Ok(())
+}
+on_both!(survives_sigkill_with_a_live_producer);
