@@ -2,7 +2,8 @@
 # Runs flashcart locally: installs what is missing, builds the components listed in
 # spin.toml (`flashcart build`), starts a private redis-server (never on 6379; data in
 # .flashcart/, gitignored) and serves spin.toml on http://127.0.0.1:3000 with flashcart's
-# own host. Ctrl-C stops the host gracefully, then Redis.
+# own host, with settlement in the same process (ledger: .flashcart/ledger.sqlite).
+# Ctrl-C stops the host gracefully (settlement finishes its batch), then Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -54,5 +55,6 @@ say "serving spin.toml on http://127.0.0.1:3000 (Ctrl-C stops)"
 # In the foreground, so Ctrl-C reaches the host, which drains and exits; the EXIT trap
 # then stops Redis.
 SPIN_VARIABLE_REDIS_ADDRESS="127.0.0.1:$port" "$flashcart" up --from spin.toml \
-    --listen 127.0.0.1:3000 --cache-dir .flashcart/cache "${runtime_config[@]}" || status=$?
+    --listen 127.0.0.1:3000 --cache-dir .flashcart/cache "${runtime_config[@]}" \
+    --redis-url "redis://127.0.0.1:$port" --data-dir .flashcart || status=$?
 exit "${status:-0}"

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod build;
+mod settle;
 mod shutdown;
 mod up;
 
@@ -24,6 +25,12 @@ enum Command {
     /// Measure the host.
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Settle the edge's events into the SQL ledger and run the expiry/deadline timers.
+    Settle(flashcart_settlement::Config),
+    /// Compare Redis with the ledger per SKU; exits 1 on drift (`--repair` fixes what is provably safe).
+    Reconcile(flashcart_settlement::cli::ReconcileArgs),
+    /// List, retry or drop dead-lettered events.
+    Dlq(flashcart_settlement::cli::DlqArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +47,13 @@ fn main() -> std::process::ExitCode {
         Command::Up(args) => up::run(args),
         Command::Build(args) => build::run(args),
         Command::Bench(command) => bench::run(command),
+        Command::Settle(config) => settle::settle(config),
+        Command::Reconcile(args) => match settle::reconcile(&args) {
+            Ok(false) => Ok(()),
+            Ok(true) => return std::process::ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Command::Dlq(args) => settle::dlq(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -53,6 +53,12 @@ pub(crate) struct Args {
     /// Also serve Prometheus `/metrics` on this (operator-only) address.
     #[arg(long, env = "FLASHCART_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Do not run settlement in this process (run `flashcart settle` elsewhere).
+    #[arg(long)]
+    no_settle: bool,
+    /// Settlement, run in this process unless `--no-settle`.
+    #[command(flatten, next_help_heading = "Settlement")]
+    settle: flashcart_settlement::Config,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -140,6 +146,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             }
             None => None,
         };
+        // Settlement beside the edge, so the local system is complete with one command; it
+        // finishes its current batch when the same signal stops the host.
+        let settlement = (!args.no_settle).then(|| {
+            let mut stop = stop_rx.clone();
+            eprintln!(
+                "flashcart: settling the partition streams into the ledger ({})",
+                args.settle.data_dir.display()
+            );
+            tokio::spawn(flashcart_settlement::run(args.settle, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        });
         eprintln!(
             "flashcart: serving {} on http://{}",
             app.name(),
@@ -152,6 +170,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         .await;
         if let Some(metrics) = metrics {
             metrics.abort();
+        }
+        if let Some(settlement) = settlement {
+            settlement
+                .await
+                .context("settlement task")?
+                .context("settlement")?;
         }
         served.context("serving")
     })

@@ -14,10 +14,7 @@ use crate::node::{
 pub async fn signature_outcomes(kind: Kind) {
     let n = &Node::start(kind, NodeOptions::default()).await;
     assert_eq!(load(n, "tee", 4, 2, -1_000).await.status, 201);
-    let rid = e
-        .deduct(&deduct_req("tee", "pat", 1, "p1"))
-        .await
-        .json_body()["reservation_id"]
+    let rid = n.send(deduct_req("tee", "pat", 1, "p1")).await.json_body()["reservation_id"]
         .as_str()
         .expect("rid")
         .to_owned();
@@ -68,17 +65,13 @@ pub async fn signature_outcomes(kind: Kind) {
     );
 
     // The previous secret still verifies during rotation.
-    let rotated = e
-        .payment_callback(&payment_req(&body, "whsec_previous", now))
-        .await;
+    let rotated = n.send(payment_req(&body, "whsec_previous", now)).await;
     assert_eq!(
         (rotated.status, rotated.json_body()["outcome"].as_str()),
         (200, Some("paid"))
     );
     // The provider retries the same event: recorded once, answered the same.
-    let replay = e
-        .payment_callback(&payment_req(&body, PSP_SECRET, now))
-        .await;
+    let replay = n.send(payment_req(&body, PSP_SECRET, now)).await;
     assert_eq!(replay.status, 200);
     assert_eq!(
         (
@@ -89,15 +82,13 @@ pub async fn signature_outcomes(kind: Kind) {
     );
     // A different event for the paid order is recorded as a duplicate, still 200.
     let other = serde_json::json!({ "event_id": "evt_other", "order_id": oid, "amount": 1999, "currency": "EUR" });
-    let dup = e
-        .payment_callback(&payment_req(&other, PSP_SECRET, now))
-        .await;
+    let dup = n.send(payment_req(&other, PSP_SECRET, now)).await;
     assert_eq!(
         (dup.status, dup.json_body()["outcome"].as_str()),
         (200, Some("duplicate_payment"))
     );
-    let order = e
-        .orders(&ApiRequest::new("GET", &format!("/v1/orders/{oid}")))
+    let order = n
+        .send(ApiRequest::new("GET", &format!("/v1/orders/{oid}")))
         .await;
     assert_eq!(order.json_body()["state"], "paid");
 }

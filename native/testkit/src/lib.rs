@@ -6,6 +6,7 @@
 //!   `redis-cli --cluster create`.
 //! - [`snapshot`]: every key of a server, `DUMP`ed, to assert that a call changed nothing.
 
+pub mod postgres;
 mod redis_server;
 
 pub use redis_server::{RedisCluster, RedisServer, Snapshot, snapshot, target_dir};

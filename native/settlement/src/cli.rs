@@ -1,0 +1,119 @@
+//! What the `flashcart` CLI embeds: `settle` takes [`crate::Config`] (flattened) and calls
+//! [`crate::run`]; `reconcile` and `dlq` take [`ReconcileArgs`] and [`DlqArgs`] and call
+//! [`reconcile`] and [`dlq`] here, which print their results.
+
+use anyhow::Context as _;
+
+use crate::Config;
+use crate::dlq::{self as dead_letters, DeadLetterId};
+
+/// `flashcart reconcile [--repair]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReconcileArgs {
+    /// Where Redis and the ledger are.
+    #[command(flatten)]
+    pub config: Config,
+    /// Rewrite Redis segment levels from the ledger where that is provably safe (see the
+    /// settlement design notes); other drift is only reported.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+/// Runs a reconciliation and prints its table to stdout. Returns whether drift was found (the
+/// command exits non-zero then).
+///
+/// # Errors
+/// When Redis or the ledger cannot be reached.
+pub async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<bool> {
+    let ledger = args.config.open_ledger().await?;
+    let inventory = args.config.open_inventory().await?;
+    let report = crate::reconcile::reconcile(&inventory, &ledger, &args.config.group, args.repair)
+        .await
+        .context("reconciling")?;
+    print!("{}", report.render());
+    ledger.close().await;
+    Ok(report.has_drift())
+}
+
+/// `flashcart dlq list|retry|drop`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DlqArgs {
+    /// Where Redis is (only `--redis-url` and `--partitions` matter here).
+    #[command(flatten)]
+    pub config: Config,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+/// The dead-letter commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DlqCommand {
+    /// Lists dead-lettered events with their error and failure count.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Puts a dead-lettered event back on its stream (it keeps its identity, so it can never
+    /// apply twice).
+    Retry {
+        /// The dead letter, as listed: `p07/1700000000000-0`.
+        id: DeadLetterId,
+    },
+    /// Deletes a dead-lettered event for good.
+    Drop {
+        /// The dead letter, as listed: `p07/1700000000000-0`.
+        id: DeadLetterId,
+    },
+}
+
+/// Runs a dead-letter command, printing what it did; returns the printed text too.
+///
+/// # Errors
+/// When Redis fails, or `retry` names no dead letter.
+pub async fn dlq(args: &DlqArgs) -> anyhow::Result<String> {
+    let out = match args.config.connect_redis().await? {
+        flashcart_inventory::RedisConn::Single(mut conn) => dlq_on(&mut conn, args).await?,
+        flashcart_inventory::RedisConn::Cluster(mut conn) => dlq_on(&mut conn, args).await?,
+    };
+    print!("{out}");
+    Ok(out)
+}
+
+async fn dlq_on<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    args: &DlqArgs,
+) -> anyhow::Result<String> {
+    let conn = &mut *conn;
+    let schema = args.config.schema()?;
+    let out = match &args.command {
+        DlqCommand::List { limit } => {
+            let letters = dead_letters::list(conn, &schema, *limit).await?;
+            let mut out = format!("{} dead-lettered\n", letters.len());
+            for l in letters {
+                out.push_str(&format!(
+                    "{}  {}  entry {}  failures {}  {}\n",
+                    l.id,
+                    l.event_type(),
+                    l.entry,
+                    l.failures,
+                    l.error
+                ));
+            }
+            out
+        }
+        DlqCommand::Retry { id } => {
+            let new_id = dead_letters::retry(conn, &schema, *id).await?;
+            format!("{id} back on its stream as {new_id}\n")
+        }
+        DlqCommand::Drop { id } => {
+            if dead_letters::drop(conn, *id).await? {
+                format!("{id} dropped\n")
+            } else {
+                format!("{id}: no such dead letter\n")
+            }
+        }
+    };
+    Ok(out)
+}

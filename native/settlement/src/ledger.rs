@@ -1,0 +1,1234 @@
+//! The SQL ledger: SQLite (a file under the data dir, WAL) or PostgreSQL (`postgres://` URLs),
+//! through sqlx's `Any` driver so one set of statements serves both.
+//!
+//! A batch of events is applied in ONE transaction. Its first statement inserts every event's
+//! identity — (partition, stream entry id) — into `applied_events` with `ON CONFLICT DO
+//! NOTHING RETURNING`: only the rows that statement really inserted are applied, so an event
+//! delivered twice (a crash between commit and `XACK`, a claim by another process) is
+//! recognised by the database's unique key, not by a read that could race (insert-then-check).
+//! Every entity write then carries its own unique key or state guard, so an anomaly that slips
+//! past that (the same reservation created by two different events) fails loudly instead of
+//! counting twice.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
+
+mod bulk;
+
+use crate::event::{Body, EntryId, Event};
+use flashcart_core::keys::Partition;
+
+/// Which database the ledger lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in WAL mode: the default, no server to run.
+    Sqlite,
+    /// A PostgreSQL database: for several settlement hosts or a shared ledger.
+    Postgres,
+}
+
+/// Why one event cannot be applied. The event is retried with backoff and dead-lettered
+/// after K tries; the events around it are applied without it.
+#[derive(Debug, thiserror::Error)]
+pub enum EventFailure {
+    /// The entry does not parse as an event.
+    #[error(transparent)]
+    Malformed(#[from] crate::event::EventError),
+    /// It refers to a reservation or order the ledger does not have (yet: an earlier event may
+    /// still be in another consumer's hands, so this is retried).
+    #[error("{what} {id} is not in the ledger")]
+    Missing {
+        /// `reservation` or `order`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The transition is not legal from the state the ledger holds.
+    #[error("{event} is not allowed for {what} {id} in state {state}")]
+    IllegalTransition {
+        /// The event type.
+        event: &'static str,
+        /// `reservation` or `order`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+        /// The state it is in.
+        state: String,
+    },
+    /// A reservation, order or refund the event creates exists already.
+    #[error("{what} {id} exists already")]
+    Duplicate {
+        /// `reservation`, `order` or `refund`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The database refused the event's writes (a unique key or other constraint).
+    #[error("database refused the event: {0}")]
+    Refused(sqlx::Error),
+}
+
+/// Errors of the ledger as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database failed (connection, I/O, lock timeout): nothing of the batch was
+    /// committed; the same batch can be tried again.
+    #[error("ledger database: {0}")]
+    Storage(#[from] sqlx::Error),
+    /// Running the migrations failed.
+    #[error("ledger migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Event `index` of the batch cannot be applied; the transaction was rolled back.
+    #[error("event {index} of the batch: {failure}")]
+    Event {
+        /// Index into the batch.
+        index: usize,
+        /// Why.
+        failure: EventFailure,
+    },
+    /// The database URL is not one the ledger understands.
+    #[error("unsupported ledger URL {0:?}: use sqlite://PATH, postgres://… or a file path")]
+    Url(String),
+}
+
+type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+/// One event to apply: its identity and its parsed body.
+#[derive(Debug, Clone)]
+pub struct Applicable {
+    /// The partition whose stream carried it.
+    pub partition: Partition,
+    /// Its identity (see [`crate::event::Entry::identity`]).
+    pub identity: EntryId,
+    /// The event.
+    pub event: Event,
+}
+
+/// What one [`Ledger::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// Events applied now.
+    pub new: usize,
+    /// Events that had been applied before (redeliveries), skipped.
+    pub duplicates: usize,
+}
+
+/// Units of one segment as the ledger sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SegmentLevels {
+    /// The segment number.
+    pub segment: i64,
+    /// Units loaded into it.
+    pub initial: i64,
+    /// Held by live reservations.
+    pub reserved: i64,
+    /// Held by orders awaiting payment.
+    pub ordered: i64,
+    /// Sold (paid before the deadline).
+    pub sold: i64,
+}
+
+impl SegmentLevels {
+    /// Units still for sale: what is neither reserved, ordered nor sold.
+    pub fn available(&self) -> i64 {
+        self.initial - self.reserved - self.ordered - self.sold
+    }
+}
+
+/// Row counts of the ledger's tables (tests, reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[expect(missing_docs, reason = "one field per table, named as the table")]
+pub struct Counts {
+    pub applied_events: i64,
+    pub skus: i64,
+    pub reservations: i64,
+    pub orders: i64,
+    pub order_events: i64,
+    pub payments: i64,
+    pub refunds: i64,
+}
+
+/// The settlement ledger. Cheap to clone (a pool).
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn migrator(backend: Backend) -> Migrator {
+    // Embedded, so a deployed binary needs no migrations directory beside it.
+    let (sql, name) = match backend {
+        Backend::Sqlite => (
+            include_str!("../migrations/sqlite/0001_ledger.sql"),
+            "ledger",
+        ),
+        Backend::Postgres => (
+            include_str!("../migrations/postgres/0001_ledger.sql"),
+            "ledger",
+        ),
+    };
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        name.into(),
+        MigrationType::Simple,
+        sqlx::SqlSafeStr::into_sql_str(sql),
+        false,
+    )])
+}
+
+/// Whether a database error is the database's trouble (retry the batch as it is) rather than
+/// the event's (a constraint it broke).
+fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            use sqlx::error::ErrorKind;
+            match db.kind() {
+                ErrorKind::UniqueViolation
+                | ErrorKind::ForeignKeyViolation
+                | ErrorKind::NotNullViolation
+                | ErrorKind::CheckViolation => false,
+                // SQLite BUSY/LOCKED (and their extended codes); PostgreSQL classes 08
+                // (connection), 40 (serialization/deadlock), 53 (resources), 57 (shutdown).
+                _ => db.code().is_some_and(|code| {
+                    let code = code.as_ref();
+                    matches!(code.parse::<i64>().map(|c| c & 0xff), Ok(5 | 6))
+                        || ["08", "40", "53", "57"]
+                            .iter()
+                            .any(|class| code.starts_with(class))
+                }),
+            }
+        }
+        sqlx::Error::RowNotFound
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. } => false,
+        _ => true,
+    }
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `url` and runs the migrations.
+    /// `url` is `postgres://…`/`postgresql://…`, `sqlite://PATH`, or a plain file path for SQLite.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or migrated.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            (Backend::Sqlite, sqlite_url(path))
+        } else if !url.contains("://") && !url.is_empty() {
+            (Backend::Sqlite, sqlite_url(url))
+        } else {
+            return Err(LedgerError::Url(url.to_owned()));
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = match backend {
+            // One writer at a time is all SQLite allows; a few connections let readers
+            // (reconcile, metrics) run beside the writer under WAL.
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            // WAL: readers never block the writer. synchronous=NORMAL: a commit
+                            // survives a process crash (SIGKILL), which is what settlement's
+                            // exactly-once argument needs; only an OS crash may lose the last
+                            // commits, and those events are still unacknowledged in Redis.
+                            sqlx::query("PRAGMA journal_mode = WAL")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA synchronous = NORMAL")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA busy_timeout = 10000")
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        // sqlx locks the migrations on PostgreSQL (advisory lock) but not on SQLite: two
+        // processes opening a new SQLite ledger at once both try migration 1, and the second
+        // fails on the first's tables. Its transaction rolls back, and a second look finds
+        // the migration applied.
+        let migrator = migrator(backend);
+        let mut attempt = 0;
+        loop {
+            match migrator.run(&pool).await {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "migrating the ledger again");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Self { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Applies `events` in one transaction; events applied before are skipped.
+    ///
+    /// # Errors
+    /// [`LedgerError::Event`] names the first event that cannot be applied (nothing was
+    /// committed); [`LedgerError::Storage`] when the database failed.
+    pub async fn apply(&self, events: &[Applicable]) -> Result<Applied> {
+        if events.is_empty() {
+            return Ok(Applied::default());
+        }
+        // Fast path: the whole batch folded and written with a few multi-row statements.
+        let mut tx = self.pool.begin().await?;
+        let fresh = claim(&mut tx, self.backend, events).await?;
+        let applied = Applied {
+            new: fresh.len(),
+            duplicates: events.len() - fresh.len(),
+        };
+        match bulk::apply(&mut tx, self.backend, events, &fresh).await {
+            bulk::Bulk::Done => {
+                tx.commit().await?;
+                return Ok(applied);
+            }
+            bulk::Bulk::Event { index, failure } => {
+                return Err(LedgerError::Event { index, failure });
+            }
+            bulk::Bulk::Db(e) if is_transient(&e) => return Err(LedgerError::Storage(e)),
+            // A constraint only the database checks (e.g. a payment id seen before): find
+            // the event that breaks it, one statement at a time.
+            bulk::Bulk::Db(e) => {
+                tracing::debug!(error = %e, "bulk apply refused; applying event by event")
+            }
+        }
+        drop(tx);
+        self.apply_each(events).await
+    }
+
+    /// The per-event path: the same effects, one statement at a time, naming the first event
+    /// the database refuses.
+    async fn apply_each(&self, events: &[Applicable]) -> Result<Applied> {
+        let mut tx = self.pool.begin().await?;
+        let fresh = claim(&mut tx, self.backend, events).await?;
+        let applied = Applied {
+            new: fresh.len(),
+            duplicates: events.len() - fresh.len(),
+        };
+        for index in fresh {
+            match apply_one(&mut tx, &events[index]).await {
+                Ok(()) => {}
+                Err(Failure::Storage(err)) => return Err(LedgerError::Storage(err)),
+                Err(Failure::Event(failure)) => return Err(LedgerError::Event { index, failure }),
+            }
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Per-segment levels of `sku` as the ledger derives them.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn levels(&self, sku: &str) -> Result<Vec<SegmentLevels>> {
+        let rows = sqlx::query(
+            "SELECT s.segment, s.initial,
+                CAST(COALESCE((SELECT SUM(r.qty) FROM reservations r
+                    WHERE r.sku = s.sku AND r.segment = s.segment AND r.state = 'held'), 0) AS BIGINT),
+                CAST(COALESCE((SELECT SUM(o.qty) FROM orders o
+                    WHERE o.sku = s.sku AND o.segment = s.segment AND o.state = 'pending_payment'), 0) AS BIGINT),
+                CAST(COALESCE((SELECT SUM(o.sold_qty) FROM orders o
+                    WHERE o.sku = s.sku AND o.segment = s.segment), 0) AS BIGINT)
+             FROM sku_segments s WHERE s.sku = $1 ORDER BY s.segment",
+        )
+        .bind(sku)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SegmentLevels {
+                    segment: r.try_get(0)?,
+                    initial: r.try_get(1)?,
+                    reserved: r.try_get(2)?,
+                    ordered: r.try_get(3)?,
+                    sold: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every SKU the ledger knows, sorted.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn skus(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT sku FROM skus ORDER BY sku")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Row counts of every table.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn counts(&self) -> Result<Counts> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM applied_events), (SELECT COUNT(*) FROM skus),
+                    (SELECT COUNT(*) FROM reservations), (SELECT COUNT(*) FROM orders),
+                    (SELECT COUNT(*) FROM order_events), (SELECT COUNT(*) FROM payments),
+                    (SELECT COUNT(*) FROM refunds)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Counts {
+            applied_events: row.try_get(0)?,
+            skus: row.try_get(1)?,
+            reservations: row.try_get(2)?,
+            orders: row.try_get(3)?,
+            order_events: row.try_get(4)?,
+            payments: row.try_get(5)?,
+            refunds: row.try_get(6)?,
+        })
+    }
+
+    /// Whether the event with this identity has been applied.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn is_applied(&self, partition: Partition, identity: EntryId) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM applied_events WHERE part = $1 AND entry_ms = $2 AND entry_seq = $3",
+        )
+        .bind(i64::from(partition.index()))
+        .bind(identity.ms_sql())
+        .bind(identity.seq_sql())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
+    /// Every applied event's identity, `(partition, entry id)`, in order (audits and tests;
+    /// reads the whole `applied_events` table).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn applied_ids(&self) -> Result<Vec<(Partition, EntryId)>> {
+        let rows = sqlx::query("SELECT part, entry_ms, entry_seq FROM applied_events ORDER BY part, entry_ms, entry_seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let part: i64 = r.try_get(0)?;
+                let ms: i64 = r.try_get(1)?;
+                let seq: i64 = r.try_get(2)?;
+                Ok((
+                    Partition::new(u16::try_from(part).unwrap_or(u16::MAX)),
+                    EntryId {
+                        ms: u64::try_from(ms).unwrap_or(0),
+                        seq: u64::try_from(seq).unwrap_or(0),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The highest identity applied from `partition`'s stream, if any.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn highest_applied(&self, partition: Partition) -> Result<Option<EntryId>> {
+        let row = sqlx::query(
+            "SELECT entry_ms, entry_seq FROM applied_events WHERE part = $1
+             ORDER BY entry_ms DESC, entry_seq DESC LIMIT 1",
+        )
+        .bind(i64::from(partition.index()))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(EntryId {
+                ms: u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0),
+                seq: u64::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0),
+            }),
+            None => None,
+        })
+    }
+
+    /// The state the ledger holds for an order.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn order_state(&self, ord: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT state FROM orders WHERE ord = $1")
+            .bind(ord)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// The state the ledger holds for a reservation.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn reservation_state(&self, rsv: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT state FROM reservations WHERE rsv = $1")
+            .bind(rsv)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// The state of an order's refund, if one exists.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn refund_state(&self, ord: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT state FROM refunds WHERE ord = $1")
+            .bind(ord)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Orders whose refund settlement must still ask the core for (paid after cancellation).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn refunds_to_request(&self, limit: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT ord FROM refunds WHERE state = 'to_request' ORDER BY created_at, ord LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Every reservation and order of `sku` with its state: `(kind, id, state)`, kind being
+    /// `reservation` or `order`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn records(&self, sku: &str) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT 'reservation', rsv, state FROM reservations WHERE sku = $1
+             UNION ALL
+             SELECT 'order', ord, state FROM orders WHERE sku = $1",
+        )
+        .bind(sku)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Number of reservations and orders per state for `sku`: `(kind, state, count)`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn state_counts(&self, sku: &str) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT 'reservation', state, COUNT(*) FROM reservations WHERE sku = $1 GROUP BY state
+             UNION ALL
+             SELECT 'order', state, COUNT(*) FROM orders WHERE sku = $1 GROUP BY state",
+        )
+        .bind(sku)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+}
+
+/// Appends the `n`-th (1-based) bind parameter. PostgreSQL numbers them (`$n`); SQLite gets
+/// anonymous `?`, bound in order: SQLite resolves each *named* parameter (`$n`, `?n`) by a
+/// linear search over the names seen so far, which made a 6 000-parameter statement spend
+/// most of its time in the parser.
+fn push_mark(sql: &mut String, backend: Backend, n: usize) {
+    match backend {
+        Backend::Postgres => {
+            sql.push('$');
+            sql.push_str(&n.to_string());
+        }
+        Backend::Sqlite => sql.push('?'),
+    }
+}
+
+/// Inserts every event's identity into `applied_events` (`ON CONFLICT DO NOTHING RETURNING`)
+/// and returns the indices of the events this transaction inserted — the ones to apply. The
+/// same identity twice in one batch is applied once (its first occurrence).
+async fn claim(
+    tx: &mut Tx<'_>,
+    backend: Backend,
+    events: &[Applicable],
+) -> Result<Vec<usize>, sqlx::Error> {
+    let mut fresh = HashSet::with_capacity(events.len());
+    // Parameter limits: SQLite allows 32 766, PostgreSQL 65 535 per statement.
+    for chunk in events.chunks(1000) {
+        let mut sql = String::from(
+            "INSERT INTO applied_events (part, entry_ms, entry_seq, type, sku, at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i > 0 { ",(" } else { "(" });
+            for c in 1..=6 {
+                if c > 1 {
+                    sql.push(',');
+                }
+                push_mark(&mut sql, backend, i * 6 + c);
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING part, entry_ms, entry_seq");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for e in chunk {
+            q = q
+                .bind(i64::from(e.partition.index()))
+                .bind(e.identity.ms_sql())
+                .bind(e.identity.seq_sql())
+                .bind(e.event.body.type_name())
+                .bind(e.event.sku.as_str())
+                .bind(e.event.at);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            fresh.insert((
+                row.try_get::<i64, _>(0)?,
+                row.try_get::<i64, _>(1)?,
+                row.try_get::<i64, _>(2)?,
+            ));
+        }
+    }
+    Ok(events
+        .iter()
+        .enumerate()
+        // `remove`, not `contains`: the same identity twice in one batch applies once.
+        .filter(|(_, e)| {
+            fresh.remove(&(
+                i64::from(e.partition.index()),
+                e.identity.ms_sql(),
+                e.identity.seq_sql(),
+            ))
+        })
+        .map(|(i, _)| i)
+        .collect())
+}
+
+fn sqlite_url(path: &str) -> String {
+    if path == ":memory:" {
+        return "sqlite::memory:".to_owned();
+    }
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("sqlite://{path}{sep}mode=rwc")
+}
+
+/// How applying one event failed, before it becomes a [`LedgerError`].
+enum Failure {
+    Storage(sqlx::Error),
+    Event(EventFailure),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(err: sqlx::Error) -> Self {
+        if is_transient(&err) {
+            Self::Storage(err)
+        } else {
+            Self::Event(EventFailure::Refused(err))
+        }
+    }
+}
+
+impl From<EventFailure> for Failure {
+    fn from(f: EventFailure) -> Self {
+        Self::Event(f)
+    }
+}
+
+type Tx<'a> = Transaction<'a, Any>;
+
+/// Moves an order from one of `from` to `to`; tells a missing order from an illegal move.
+async fn transition(
+    tx: &mut Tx<'_>,
+    e: &Applicable,
+    ord: &str,
+    from: &[&str],
+    to: &str,
+    sold_qty: Option<i64>,
+    detail: &str,
+) -> Result<(), Failure> {
+    let event = e.event.body.type_name();
+    let current: Option<String> = sqlx::query("SELECT state FROM orders WHERE ord = $1")
+        .bind(ord)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    let Some(current) = current else {
+        return Err(EventFailure::Missing {
+            what: "order",
+            id: ord.to_owned(),
+        }
+        .into());
+    };
+    if !from.contains(&current.as_str()) {
+        return Err(EventFailure::IllegalTransition {
+            event,
+            what: "order",
+            id: ord.to_owned(),
+            state: current,
+        }
+        .into());
+    }
+    // The state guard makes a concurrent writer of the same order lose cleanly (0 rows).
+    let done = sqlx::query(
+        "UPDATE orders SET state = $1, sold_qty = COALESCE($2, sold_qty), updated_at = $3
+         WHERE ord = $4 AND state = $5",
+    )
+    .bind(to)
+    .bind(sold_qty)
+    .bind(e.event.at)
+    .bind(ord)
+    .bind(current.as_str())
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(EventFailure::IllegalTransition {
+            event,
+            what: "order",
+            id: ord.to_owned(),
+            state: current,
+        }
+        .into());
+    }
+    order_event(tx, e, ord, Some(&current), to, detail).await
+}
+
+async fn order_event(
+    tx: &mut Tx<'_>,
+    e: &Applicable,
+    ord: &str,
+    from: Option<&str>,
+    to: &str,
+    detail: &str,
+) -> Result<(), Failure> {
+    sqlx::query(
+        "INSERT INTO order_events (part, entry_ms, entry_seq, ord, type, from_state, to_state, at, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(i64::from(e.partition.index()))
+    .bind(e.identity.ms_sql())
+    .bind(e.identity.seq_sql())
+    .bind(ord)
+    .bind(e.event.body.type_name())
+    .bind(from)
+    .bind(to)
+    .bind(e.event.at)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn payment(
+    tx: &mut Tx<'_>,
+    e: &Applicable,
+    psp_event: &str,
+    ord: &str,
+    amount: i64,
+    currency: &str,
+    outcome: &str,
+) -> Result<(), Failure> {
+    sqlx::query(
+        "INSERT INTO payments (psp_event, ord, amount, currency, outcome, at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(psp_event)
+    .bind(ord)
+    .bind(amount)
+    .bind(currency)
+    .bind(outcome)
+    .bind(e.event.at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn apply_one(tx: &mut Tx<'_>, e: &Applicable) -> Result<(), Failure> {
+    let at = e.event.at;
+    let sku = e.event.sku.as_str();
+    match &e.event.body {
+        Body::SkuLoaded {
+            stock,
+            segs,
+            segments,
+            price,
+            currency,
+            start,
+            end,
+            limit,
+            ttl,
+            paywin,
+        } => {
+            // Every partition sends its own copy of the configuration: the newest load wins.
+            sqlx::query(
+                "INSERT INTO skus (sku, stock, segments, price, currency, starts_at, ends_at, buyer_limit,
+                                   ttl_ms, paywin_ms, loaded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock, segments = excluded.segments,
+                    price = excluded.price, currency = excluded.currency, starts_at = excluded.starts_at,
+                    ends_at = excluded.ends_at, buyer_limit = excluded.buyer_limit, ttl_ms = excluded.ttl_ms,
+                    paywin_ms = excluded.paywin_ms, loaded_at = excluded.loaded_at
+                 WHERE excluded.loaded_at >= skus.loaded_at",
+            )
+            .bind(sku)
+            .bind(*stock)
+            .bind(*segs)
+            .bind(*price)
+            .bind(currency.as_str())
+            .bind(*start)
+            .bind(*end)
+            .bind(*limit)
+            .bind(*ttl)
+            .bind(*paywin)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+            for (segment, initial) in segments {
+                sqlx::query(
+                    "INSERT INTO sku_segments (sku, segment, part, initial) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (sku, segment) DO UPDATE SET part = excluded.part, initial = excluded.initial",
+                )
+                .bind(sku)
+                .bind(*segment)
+                .bind(i64::from(e.partition.index()))
+                .bind(*initial)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Body::ReservationCreated {
+            rsv,
+            seg,
+            qty,
+            buyer,
+            expires,
+        } => {
+            sqlx::query(
+                "INSERT INTO reservations (rsv, sku, segment, qty, buyer, expires_at, state, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'held', $7)",
+            )
+            .bind(rsv.as_str())
+            .bind(sku)
+            .bind(*seg)
+            .bind(*qty)
+            .bind(buyer.as_str())
+            .bind(*expires)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Body::ReservationReleased { rsv, reason, .. } => {
+            close_reservation(tx, e, rsv, reason.state()).await?;
+        }
+        Body::OrderCreated {
+            ord,
+            rsv,
+            seg,
+            qty,
+            buyer,
+            amount,
+            currency,
+            deadline,
+        } => {
+            close_reservation(tx, e, rsv, "ordered").await?;
+            sqlx::query(
+                "INSERT INTO orders (ord, rsv, sku, segment, qty, buyer, amount, currency, deadline_at, state,
+                                     created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending_payment', $10, $10)",
+            )
+            .bind(ord.as_str())
+            .bind(rsv.as_str())
+            .bind(sku)
+            .bind(*seg)
+            .bind(*qty)
+            .bind(buyer.as_str())
+            .bind(*amount)
+            .bind(currency.as_str())
+            .bind(*deadline)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+            order_event(tx, e, ord, None, "pending_payment", "").await?;
+        }
+        Body::OrderPaid {
+            ord,
+            qty,
+            psp_event,
+            amount,
+            currency,
+            ..
+        } => {
+            transition(
+                tx,
+                e,
+                ord,
+                &["pending_payment"],
+                "paid",
+                Some(*qty),
+                psp_event,
+            )
+            .await?;
+            payment(tx, e, psp_event, ord, *amount, currency, "captured").await?;
+        }
+        Body::OrderCancelled { ord, reason, .. } => {
+            transition(tx, e, ord, &["pending_payment"], "cancelled", None, reason).await?;
+        }
+        Body::OrderPaidAfterCancel {
+            ord,
+            psp_event,
+            amount,
+            currency,
+            ..
+        } => {
+            transition(
+                tx,
+                e,
+                ord,
+                &["cancelled"],
+                "paid_after_cancel",
+                None,
+                psp_event,
+            )
+            .await?;
+            payment(tx, e, psp_event, ord, *amount, currency, "after_cancel").await?;
+            // The refund settlement owes the buyer; the timers ask the core for it after commit.
+            sqlx::query(
+                "INSERT INTO refunds (ord, psp_event, amount, currency, state, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 'to_request', $5, $5)",
+            )
+            .bind(ord.as_str())
+            .bind(psp_event.as_str())
+            .bind(*amount)
+            .bind(currency.as_str())
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Body::OrderRefundRequested { ord } => {
+            transition(
+                tx,
+                e,
+                ord,
+                &["paid", "paid_after_cancel"],
+                "refund_pending",
+                None,
+                "",
+            )
+            .await?;
+            sqlx::query(
+                "INSERT INTO refunds (ord, state, created_at, updated_at) VALUES ($1, 'requested', $2, $2)
+                 ON CONFLICT (ord) DO UPDATE SET state = 'requested', updated_at = excluded.updated_at",
+            )
+            .bind(ord.as_str())
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Body::OrderRefunded { ord } => {
+            transition(tx, e, ord, &["refund_pending"], "refunded", None, "").await?;
+            sqlx::query(
+                "INSERT INTO refunds (ord, state, created_at, updated_at) VALUES ($1, 'refunded', $2, $2)
+                 ON CONFLICT (ord) DO UPDATE SET state = 'refunded', updated_at = excluded.updated_at",
+            )
+            .bind(ord.as_str())
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Body::PaymentRejected {
+            ord,
+            psp_event,
+            reason,
+            amount,
+            currency,
+        } => {
+            payment(
+                tx,
+                e,
+                psp_event,
+                ord,
+                *amount,
+                currency,
+                &format!("rejected_{reason}"),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ends a held reservation (`ordered`, `expired` or `cancelled`).
+async fn close_reservation(
+    tx: &mut Tx<'_>,
+    e: &Applicable,
+    rsv: &str,
+    to: &str,
+) -> Result<(), Failure> {
+    let done = sqlx::query(
+        "UPDATE reservations SET state = $1, closed_at = $2 WHERE rsv = $3 AND state = 'held'",
+    )
+    .bind(to)
+    .bind(e.event.at)
+    .bind(rsv)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    let state: Option<String> = sqlx::query("SELECT state FROM reservations WHERE rsv = $1")
+        .bind(rsv)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    Err(match state {
+        None => EventFailure::Missing {
+            what: "reservation",
+            id: rsv.to_owned(),
+        },
+        Some(state) => EventFailure::IllegalTransition {
+            event: e.event.body.type_name(),
+            what: "reservation",
+            id: rsv.to_owned(),
+            state,
+        },
+    }
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event as Parsed;
+
+    fn ev(p: u16, id: &str, pairs: &[(&str, &str)]) -> Applicable {
+        let fields: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Applicable {
+            partition: Partition::new(p),
+            identity: id.parse().unwrap(),
+            event: Parsed::parse(&fields).unwrap(),
+        }
+    }
+
+    fn created(id: &str, rsv: &str) -> Applicable {
+        ev(
+            1,
+            id,
+            &[
+                ("type", "reservation.created"),
+                ("at", "1"),
+                ("sku", "s"),
+                ("rsv", rsv),
+                ("seg", "0"),
+                ("qty", "2"),
+                ("buyer", "b"),
+                ("expires", "9"),
+            ],
+        )
+    }
+
+    fn ordered(id: &str, rsv: &str, ord: &str) -> Applicable {
+        ev(
+            1,
+            id,
+            &[
+                ("type", "order.created"),
+                ("at", "2"),
+                ("sku", "s"),
+                ("ord", ord),
+                ("rsv", rsv),
+                ("seg", "0"),
+                ("qty", "2"),
+                ("buyer", "b"),
+                ("amount", "10"),
+                ("currency", "EUR"),
+                ("deadline", "99"),
+            ],
+        )
+    }
+
+    fn paid(id: &str, ord: &str, psp: &str) -> Applicable {
+        ev(
+            1,
+            id,
+            &[
+                ("type", "order.paid"),
+                ("at", "3"),
+                ("sku", "s"),
+                ("ord", ord),
+                ("seg", "0"),
+                ("qty", "2"),
+                ("psp_event", psp),
+                ("amount", "10"),
+                ("currency", "EUR"),
+            ],
+        )
+    }
+
+    async fn ledger() -> (Ledger, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite").display().to_string())
+            .await
+            .unwrap();
+        (ledger, dir)
+    }
+
+    #[tokio::test]
+    async fn applies_once_even_twice_in_one_batch() {
+        let (ledger, _dir) = ledger().await;
+        let batch = [
+            created("1-0", "r1"),
+            created("1-0", "r1"),
+            ordered("2-0", "r1", "o1"),
+        ];
+        assert_eq!(
+            ledger.apply(&batch).await.unwrap(),
+            Applied {
+                new: 2,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            ledger.apply(&batch).await.unwrap(),
+            Applied {
+                new: 0,
+                duplicates: 3
+            }
+        );
+        assert_eq!(
+            ledger.reservation_state("r1").await.unwrap().as_deref(),
+            Some("ordered")
+        );
+        assert_eq!(ledger.counts().await.unwrap().order_events, 1);
+    }
+
+    #[tokio::test]
+    async fn names_the_event_that_breaks_a_rule_and_writes_nothing() {
+        let (ledger, _dir) = ledger().await;
+        let batch = [
+            created("1-0", "r1"),
+            paid("2-0", "o1", "psp1"),
+            ordered("3-0", "r1", "o1"),
+        ];
+        match ledger.apply(&batch).await {
+            Err(LedgerError::Event {
+                index: 1,
+                failure: EventFailure::Missing { what: "order", .. },
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            ledger.counts().await.unwrap(),
+            Counts::default(),
+            "rolled back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_event_creating_the_same_reservation_is_refused() {
+        let (ledger, _dir) = ledger().await;
+        ledger.apply(&[created("1-0", "r1")]).await.unwrap();
+        match ledger
+            .apply(&[created("2-0", "r2"), created("2-1", "r1")])
+            .await
+        {
+            Err(LedgerError::Event {
+                index: 1,
+                failure:
+                    EventFailure::Duplicate {
+                        what: "reservation",
+                        ..
+                    },
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            ledger.counts().await.unwrap().reservations,
+            1,
+            "rolled back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_constraint_only_the_database_checks_is_pinned_on_its_event() {
+        let (ledger, _dir) = ledger().await;
+        ledger
+            .apply(&[
+                created("1-0", "r1"),
+                ordered("1-1", "r1", "o1"),
+                paid("1-2", "o1", "psp1"),
+            ])
+            .await
+            .unwrap();
+        // A second order paid with a provider event id the ledger already holds.
+        let batch = [
+            created("2-0", "r2"),
+            ordered("2-1", "r2", "o2"),
+            paid("2-2", "o2", "psp1"),
+        ];
+        match ledger.apply(&batch).await {
+            Err(LedgerError::Event {
+                index: 2,
+                failure: EventFailure::Refused(_),
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            ledger.counts().await.unwrap().applied_events,
+            3,
+            "rolled back"
+        );
+        ledger.apply(&batch[..2]).await.unwrap();
+        assert_eq!(
+            ledger.order_state("o2").await.unwrap().as_deref(),
+            Some("pending_payment")
+        );
+    }
+}

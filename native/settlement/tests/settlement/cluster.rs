@@ -1,0 +1,89 @@
+//! Settlement over a real 3-master Redis Cluster: every command it sends names keys of one
+//! partition (one slot), including the dead-letter `MULTI`, so nothing is CROSSSLOT.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use flashcart_core::{KeySchema, Partition, Settings};
+use flashcart_inventory::{RedisConn, Target};
+use flashcart_settlement::reconcile::reconcile;
+use flashcart_settlement::{Consumer, Ledger, Metrics, dlq};
+use flashcart_testkit::RedisCluster;
+
+use crate::support::{assert_ledger_matches, drain, story, unique_sku};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_from_a_three_master_cluster() -> Result<()> {
+    let cluster = RedisCluster::start(3)?;
+    let target = Target::Cluster(cluster.urls());
+    let schema = KeySchema::default();
+    let inv = flashcart_inventory::open(&target, schema, Settings::default()).await?;
+    let sku = unique_sku("cluster");
+    let s = story(&inv, &sku, 300, 4).await?;
+    let RedisConn::Cluster(mut conn) = RedisConn::connect(&target).await? else {
+        bail!("a cluster connection")
+    };
+    let mut ids = BTreeSet::new();
+    for p in schema.partitions() {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(schema.events(p))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        ids.extend(
+            entries
+                .into_iter()
+                .map(|(id, _)| (i64::from(p.index()), id)),
+        );
+    }
+    // A poison entry in partition 5.
+    let _: String = redis::cmd("XADD")
+        .arg(schema.events(Partition::new(5)))
+        .arg("*")
+        .arg(&[("type", "order.teleported"), ("at", "1"), ("sku", "x")])
+        .query_async(&mut conn)
+        .await?;
+
+    let dir = tempfile::tempdir()?;
+    let ledger = Ledger::open(&dir.path().join("ledger.sqlite").display().to_string()).await?;
+    let config = flashcart_settlement::ConsumerConfig {
+        consumer: "cluster-1".into(),
+        batch_size: 200,
+        retry_base: Duration::from_millis(10),
+        max_failures: 2,
+        ..Default::default()
+    };
+    let mut consumer = Consumer::new(
+        conn.clone(),
+        ledger.clone(),
+        schema,
+        config,
+        Arc::new(Metrics::default()),
+    )
+    .await?;
+    drain(&mut consumer).await?;
+    assert_ledger_matches(&ledger, &ids, &s).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dlq::list(&mut conn, &schema, 10).await?.is_empty() {
+        assert!(Instant::now() < deadline, "dead-lettered in time");
+        consumer.recover().await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Everything acknowledged and committed goes. The dead letter is the newest entry of its
+    // partition, above the ledger's highest applied id there, so it stays until a later
+    // event of that partition is committed (the ledger witness is conservative by design).
+    assert_eq!(consumer.trim().await?, ids.len() as u64);
+    let left: i64 = redis::cmd("XLEN")
+        .arg(schema.events(Partition::new(5)))
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(left, 1);
+    let report = reconcile(&inv, &ledger, "settlement", false).await?;
+    assert!(!report.has_drift(), "{}", report.render());
+    assert_eq!((report.in_flight, report.dead_letters), (0, 1));
+    Ok(())
+}
