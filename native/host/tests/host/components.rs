@@ -303,3 +303,23 @@ source = "{wasm:forbidden}"
     );
     assert!(message.contains("not in the flashcart world"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_beyond_the_pool_size_all_succeed() {
+    // 4 instance slots, 48 concurrent requests: the excess waits for a slot instead of
+    // failing to allocate one.
+    let server =
+        std::sync::Arc::new(TestServer::start(HELLO, |c| c.runtime.max_instances = 4).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let server = std::sync::Arc::clone(&server);
+        tasks.spawn(async move { server.get(&format!("/v1/stock/s{i}")).await });
+    }
+    let mut ok = 0;
+    while let Some(reply) = tasks.join_next().await {
+        let reply = reply.expect("task");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        ok += 1;
+    }
+    assert_eq!(ok, 48);
+}
