@@ -44,6 +44,9 @@ pub(crate) struct Args {
     /// Instances that may run at once (pool size and request concurrency).
     #[arg(long, default_value_t = 256, env = "FLASHCART_MAX_INSTANCES")]
     max_instances: u32,
+    /// Largest linear memory an instance may grow to, in MiB.
+    #[arg(long, default_value_t = 64, env = "FLASHCART_MAX_MEMORY_MB")]
+    max_memory_mb: usize,
     /// A request's deadline, e.g. `10s` or `500ms`; a component past it is stopped (504).
     #[arg(long, default_value = "10s", value_parser = duration, env = "FLASHCART_REQUEST_TIMEOUT")]
     request_timeout: Duration,
@@ -117,7 +120,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             },
             cache_dir,
             max_instances: args.max_instances,
-            ..RuntimeConfig::default()
+            max_memory_bytes: args.max_memory_mb << 20,
         },
         request_timeout: args.request_timeout,
         max_body_bytes: args.max_body_bytes,

@@ -18,6 +18,14 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The directory for the SQLite file cannot be created.
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The blocking task died.
     #[error("store task failed: {0}")]
     Task(String),
@@ -53,8 +61,9 @@ impl KeyValueStore {
     /// When the file cannot be opened or the table created.
     pub fn sqlite(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.to_owned(),
+                source,
             })?;
         }
         let conn = rusqlite::Connection::open(path)?;

@@ -315,7 +315,7 @@ async fn dispatch(
     let request = Request::from_parts(parts, Full::new(body));
 
     let _slot = shared.slots.acquire().await;
-    metrics::gauge!("flashcart_in_flight_requests").increment(1.0);
+    let _in_flight = InFlight::enter();
     let started = Instant::now();
     let outcome = instance::serve(
         &component.pre,
@@ -324,7 +324,6 @@ async fn dispatch(
         app.request_timeout(),
     )
     .await;
-    metrics::gauge!("flashcart_in_flight_requests").decrement(1.0);
     metrics::histogram!("flashcart_request_duration_seconds", "component" => id.clone())
         .record(started.elapsed().as_secs_f64());
 
@@ -374,6 +373,24 @@ async fn dispatch(
     )
     .increment(1);
     response
+}
+
+/// Counts a request in `flashcart_in_flight_requests` while it runs. A guard, not a
+/// pair of calls: hyper drops the request future when the client goes away, and the
+/// gauge must come down then too.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!("flashcart_in_flight_requests").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("flashcart_in_flight_requests").decrement(1.0);
+    }
 }
 
 fn too_large(limit: usize, request_id: &str) -> Response<Full<Bytes>> {

@@ -32,6 +32,7 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:cli/stdin@0.3.0",
     "wasi:cli/stdout@0.3.0",
     "wasi:cli/stderr@0.3.0",
+    "wasi:clocks/types@0.3.0",
     "wasi:clocks/monotonic-clock@0.3.0",
     "wasi:clocks/system-clock@0.3.0",
     "wasi:random/random@0.3.0",

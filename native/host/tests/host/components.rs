@@ -303,3 +303,66 @@ source = "{wasm:forbidden}"
     );
     assert!(message.contains("not in the flashcart world"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_beyond_the_pool_size_all_succeed() {
+    // 4 instance slots, 48 concurrent requests: the excess waits for a slot instead of
+    // failing to allocate one.
+    let server =
+        std::sync::Arc::new(TestServer::start(HELLO, |c| c.runtime.max_instances = 4).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let server = std::sync::Arc::clone(&server);
+        tasks.spawn(async move { server.get(&format!("/v1/stock/s{i}")).await });
+    }
+    let mut ok = 0;
+    while let Some(reply) = tasks.join_next().await {
+        let reply = reply.expect("task");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        ok += 1;
+    }
+    assert_eq!(ok, 48);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let server = TestServer::start(HELLO, |_| {}).await;
+    let address = server.address;
+    let in_flight = tokio::spawn(async move {
+        flashcart_host::bench::http_request(address, "GET", "/static/sleep/400", b"").await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    server.stop().await.expect("clean stop");
+    let (status, _, body) = in_flight
+        .await
+        .expect("task")
+        .expect("answered during shutdown");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "stop did not wait"
+    );
+    // And nothing new is accepted after it.
+    assert!(
+        flashcart_host::bench::http_request(address, "GET", "/v1/stock/a", b"")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_component_waiting_past_its_deadline_gets_504() {
+    // Not a busy loop (the epoch deadline's case) but an await that outlives the
+    // deadline: the wall-clock timeout answers.
+    let server = TestServer::start(HELLO, |c| c.request_timeout = Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let reply = server.get("/static/sleep/5000").await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.get("/static/sleep/10").await.status, 200);
+}

@@ -1,10 +1,20 @@
 //! The smallest flashcart test component: answers every request with a greeting and
 //! echoes what the host told it about the route (Spin's `spin-*` request headers).
+//! A path ending in `/sleep/<ms>` first waits that long (an await on the host's clock,
+//! not a busy loop), to test draining on shutdown and the wall-clock deadline.
 use spin_sdk::http::{IntoResponse, Request, StatusCode};
 use spin_sdk::http_service;
 
 #[http_service]
 async fn hello(req: Request) -> impl IntoResponse {
+    if let Some(ms) = req
+        .uri()
+        .path()
+        .rsplit_once("/sleep/")
+        .and_then(|(_, ms)| ms.parse::<u64>().ok())
+    {
+        spin_sdk::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let header = |name: &str| {
         req.headers()
             .get(name)

@@ -15,7 +15,12 @@ use spin_sdk::{http_service, variables};
 async fn redis(req: Request) -> impl IntoResponse {
     let address = match variables::get("redis_address").await {
         Ok(address) => format!("redis://{address}"),
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("variable: {e:?}")),
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("variable: {e:?}"),
+            );
+        }
     };
     let conn = match Connection::open(&address).await {
         Ok(conn) => conn,
@@ -28,14 +33,20 @@ async fn redis(req: Request) -> impl IntoResponse {
         let replies = conn
             .execute(
                 "INCRBY",
-                vec![RedisParameter::Binary(key.clone().into_bytes()), RedisParameter::Int64(5)],
+                vec![
+                    RedisParameter::Binary(key.clone().into_bytes()),
+                    RedisParameter::Int64(5),
+                ],
             )
             .await;
         let value = conn
             .execute("GET", vec![RedisParameter::Binary(key.into_bytes())])
             .await;
         return match (replies, value) {
-            (Ok(incr), Ok(get)) => (StatusCode::OK, format!("{}|{}", render(&incr), render(&get))),
+            (Ok(incr), Ok(get)) => (
+                StatusCode::OK,
+                format!("{}|{}", render(&incr), render(&get)),
+            ),
             (Err(e), _) | (_, Err(e)) => (StatusCode::BAD_GATEWAY, format!("execute: {e:?}")),
         };
     }
