@@ -120,7 +120,7 @@ pub async fn every_problem_type_of_the_contract(kind: Kind) {
     assert_eq!(load(n, "plenty", 50, 4, -1_000).await.status, 201);
 
     expect(
-        n.send(deduct_req("bad sku", "b", 1, "k")).await,
+        n.send(deduct_req("bad%20sku", "b", 1, "k")).await,
         400,
         "invalid-request",
     );

@@ -14,4 +14,4 @@ pub mod flash_sale;
 pub mod node;
 pub mod signatures;
 
-pub use node::{Kind, Node, NodeOptions, PROBLEM_TYPES};
+pub use node::{HOST_PROBLEM_TYPES, Kind, Node, NodeOptions, PROBLEM_TYPES};

@@ -54,6 +54,15 @@ pub const PROBLEM_TYPES: [&str; 23] = [
     "inventory-unavailable",
 ];
 
+/// Problem types only the host writes (the request never reached a component, or the
+/// component failed); listed in `docs/openapi.json` beside [`PROBLEM_TYPES`].
+pub const HOST_PROBLEM_TYPES: [&str; 4] = [
+    "unreadable-body",
+    "component-timeout",
+    "component-failed",
+    "component-error",
+];
+
 /// How the edge is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -47,7 +47,9 @@ pub fn problem(
     detail: impl Into<String>,
     request_id: &str,
 ) -> Response<Full<Bytes>> {
-    let kind = format!("https://flashcart.dev/problems/{slug}");
+    // The same type URNs as the functions' own problems (flashcart-core), so a client sees
+    // one vocabulary whether the host or a component answered.
+    let kind = format!("urn:flashcart:problem:{slug}");
     Problem {
         kind: &kind,
         title,

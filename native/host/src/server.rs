@@ -231,7 +231,7 @@ async fn dispatch(
     let Some(matched) = app.route(&path) else {
         return problem(
             StatusCode::NOT_FOUND,
-            "no-route",
+            "not-found",
             "No route matches",
             format!("no component serves {path}"),
             request_id,
@@ -264,7 +264,7 @@ async fn dispatch(
         Err(e) => {
             return problem(
                 StatusCode::BAD_REQUEST,
-                "bad-body",
+                "unreadable-body",
                 "The request body could not be read",
                 e.to_string(),
                 request_id,
@@ -396,7 +396,7 @@ impl Drop for InFlight {
 fn too_large(limit: usize, request_id: &str) -> Response<Full<Bytes>> {
     problem(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "body-too-large",
+        "payload-too-large",
         "The request body is too large",
         format!("bodies are limited to {limit} bytes"),
         request_id,

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use flashcart_contract::PROBLEM_TYPES;
+use flashcart_contract::{HOST_PROBLEM_TYPES, PROBLEM_TYPES};
 
 fn repo_file(path: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -30,7 +30,15 @@ fn problem_types_in_the_spec_are_the_ones_the_edge_emits() {
             })
             .collect();
     let emitted: BTreeSet<String> = PROBLEM_TYPES.iter().map(|s| (*s).to_owned()).collect();
-    assert_eq!(listed, emitted);
+    let host: BTreeSet<String> = HOST_PROBLEM_TYPES.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(listed, emitted.union(&host).cloned().collect());
+    let info = spec["info"]["description"].as_str().expect("description");
+    for t in &host {
+        assert!(
+            info.contains(&format!("urn:flashcart:problem:{t}`")),
+            "host problem {t} is described"
+        );
+    }
     // Every problem a response documents is a listed type, and every listed type is documented.
     let text = spec["paths"].to_string();
     let documented: BTreeSet<String> = text
