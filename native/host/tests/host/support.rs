@@ -1,11 +1,9 @@
-//! Test support: finding the test components, a server on 127.0.0.1:0, a private
-//! redis-server.
+//! Test support: finding the test components and a server on 127.0.0.1:0 (a private
+//! redis-server comes from flashcart-testkit).
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use flashcart_host::{App, AppConfig};
 use tokio::sync::oneshot;
@@ -141,105 +139,4 @@ pub(crate) fn expand(manifest: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// A private redis-server on a free port, killed on drop. Never a default port.
-pub(crate) struct PrivateRedis {
-    child: Child,
-    pub(crate) port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivateRedis {
-    pub(crate) fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // Bind :0 to learn a free port, release it, and let redis take it; a race with
-        // another process is possible but unlikely, and shows up as a clear failure.
-        let port = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        let redis = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        redis.wait_ready();
-        redis
-    }
-
-    pub(crate) fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn wait_ready(&self) {
-        use std::io::{Read, Write};
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                let mut buf = [0u8; 7];
-                if s.write_all(b"PING\r\n").is_ok()
-                    && s.read_exact(&mut buf).is_ok()
-                    && &buf == b"+PONG\r\n"
-                {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Runs a command with redis-cli-free plain RESP, returning the raw reply.
-    pub(crate) fn command(&self, args: &[&str]) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        let mut cmd = format!("*{}\r\n", args.len());
-        for a in args {
-            cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(cmd.as_bytes()).expect("write");
-        s.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).expect("read");
-        out.extend_from_slice(&buf[..n]);
-        // Long replies (CLIENT LIST) may come in several reads.
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
