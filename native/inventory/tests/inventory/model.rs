@@ -69,6 +69,8 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     reservations: BTreeMap<ReservationId, (u64, &'static str)>,
     holders: BTreeMap<ReservationId, String>,
+    /// Order-create keys: (buyer, key, partition) → the reservation first ordered with it.
+    order_keys: BTreeMap<(String, u8, u16), ReservationId>,
     orders: BTreeMap<OrderId, (u64, OrderState, bool)>, // qty, state, counted as sold
     reservation_list: Vec<ReservationId>,
     order_list: Vec<OrderId>,
@@ -113,7 +115,12 @@ async fn run_case(inv: &NativeInventory, ops: Vec<Op>) -> Result<(), TestCaseErr
                 qty,
                 key: k,
             } => {
-                let req = reserve_req(&sku, &format!("b{b}"), u64::from(qty), &format!("k{b}-{k}"));
+                let req = reserve_req(
+                    &sku,
+                    &format!("{sku}-b{b}"),
+                    u64::from(qty),
+                    &format!("k{b}-{k}"),
+                );
                 match inv.reserve(&req, Now::At(now)).await {
                     Ok(r) => {
                         if !model.reservations.contains_key(&r.id) {
@@ -121,7 +128,7 @@ async fn run_case(inv: &NativeInventory, ops: Vec<Op>) -> Result<(), TestCaseErr
                             model
                                 .reservations
                                 .insert(r.id.clone(), (u64::from(qty), "active"));
-                            model.holders.insert(r.id.clone(), format!("b{b}"));
+                            model.holders.insert(r.id.clone(), format!("{sku}-b{b}"));
                             model.reservation_list.push(r.id);
                         }
                     }
@@ -139,14 +146,19 @@ async fn run_case(inv: &NativeInventory, ops: Vec<Op>) -> Result<(), TestCaseErr
                     continue;
                 };
                 let (qty, state) = model.reservations[&id];
+                let holder = model.holders[&id].clone();
+                let key_slot = (holder.clone(), k, id.partition().index());
+                let key_used_for = model.order_keys.get(&key_slot).cloned();
                 let req = OrderRequest {
                     reservation: id.clone(),
-                    buyer: buyer(&model.holders[&id]),
+                    buyer: buyer(&holder),
                     key: key(&format!("o{k}")),
                     fingerprint: flashcart_core::fingerprint(id.to_string().as_bytes()),
                 };
                 match inv.create_order(&req, Now::At(now)).await {
                     Ok(o) => {
+                        prop_assert!(key_used_for.as_ref().is_none_or(|r| *r == id));
+                        model.order_keys.insert(key_slot, id.clone());
                         if !model.orders.contains_key(&o.id) {
                             prop_assert_eq!(state, "active");
                             model.reservations.insert(id.clone(), (qty, "ordered"));
@@ -157,8 +169,10 @@ async fn run_case(inv: &NativeInventory, ops: Vec<Op>) -> Result<(), TestCaseErr
                         }
                     }
                     Err(Rejection::ReservationGone) => prop_assert!(state != "ordered"),
-                    Err(Rejection::AlreadyOrdered { .. } | Rejection::IdempotencyMismatch) => {
-                        prop_assert_eq!(state, "ordered")
+                    Err(Rejection::AlreadyOrdered { .. }) => prop_assert_eq!(state, "ordered"),
+                    // The buyer used this key for another reservation in this partition.
+                    Err(Rejection::IdempotencyMismatch) => {
+                        prop_assert!(key_used_for.is_some_and(|r| r != id))
                     }
                     Err(e) => prop_assert!(false, "order: {e:?}"),
                 }
@@ -300,7 +314,7 @@ fn random_interleavings_keep_the_books_balanced() {
         .expect("runtime");
     let inv = rt.block_on(d.inventory());
     let mut runner = TestRunner::new(Config {
-        cases: 48,
+        cases: 128,
         failure_persistence: None,
         ..Config::default()
     });
