@@ -12,8 +12,10 @@ ensure_wasm_target
 ensure_redis
 setup_cargo_target
 
-say "building the flashcart command"
-cargo build --locked -p flashcart-cli
+say "building the flashcart command (with the workspace's default members, as the tests build them)"
+# Not `-p flashcart-cli`: a single-package build unifies features differently and would
+# build wasmtime and the rest a second time next to what ./scripts/test.sh built.
+cargo build --locked
 flashcart="$CARGO_TARGET_DIR/debug/flashcart"
 
 say "building the components (flashcart build)"
@@ -27,8 +29,9 @@ while (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
 done
 
 say "starting a private redis-server on 127.0.0.1:$port (data in .flashcart/redis)"
-redis-server --port "$port" --bind 127.0.0.1 --dir "$PWD/.flashcart/redis" \
-    --save '' --appendonly no --logfile "$PWD/.flashcart/redis/redis.log" &
+# flashcart's Redis settings (AOF on, noeviction): the data survives a restart, like the ledger.
+redis-server infra/redis/flashcart.conf --port "$port" --bind 127.0.0.1 --dir "$PWD/.flashcart/redis" \
+    --save '' --logfile "$PWD/.flashcart/redis/redis.log" &
 redis_pid=$!
 stop_redis() {
     if kill -0 "$redis_pid" 2>/dev/null; then
