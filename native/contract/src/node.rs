@@ -54,6 +54,10 @@ pub const PROBLEM_TYPES: [&str; 23] = [
     "inventory-unavailable",
 ];
 
+/// Stock reads stay fresh this long in tests, so "the second read is a cache hit" does not
+/// depend on how busy the machine is.
+const CACHE_STALENESS_MS: u64 = 5_000;
+
 /// Problem types only the host writes (the request never reached a component, or the
 /// component failed); listed in `docs/openapi.json` beside [`PROBLEM_TYPES`].
 pub const HOST_PROBLEM_TYPES: [&str; 4] = [
@@ -186,6 +190,7 @@ impl Node {
                     ..EdgeConfig::default()
                 };
                 let cache = CacheConfig {
+                    staleness_ms: CACHE_STALENESS_MS,
                     sold_out_ttl_ms: options.sold_out_ttl_ms,
                     ..CacheConfig::default()
                 };
@@ -240,6 +245,7 @@ impl Node {
             ("buyer_rate_capacity", capacity.to_string()),
             ("buyer_rate_per_second", per_second.to_string()),
             ("sold_out_ttl_ms", options.sold_out_ttl_ms.to_string()),
+            ("cache_staleness_ms", CACHE_STALENESS_MS.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
