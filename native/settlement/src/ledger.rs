@@ -486,16 +486,22 @@ impl Ledger {
         })
     }
 
+    /// The one text column of the row `sql` selects by `key`, if there is such a row.
+    async fn optional_text(&self, sql: &'static str, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
     /// The state the ledger holds for an order.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn order_state(&self, ord: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT state FROM orders WHERE ord = $1")
-            .bind(ord)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        self.optional_text("SELECT state FROM orders WHERE ord = $1", ord)
+            .await
     }
 
     /// The state the ledger holds for a reservation.
@@ -503,11 +509,8 @@ impl Ledger {
     /// # Errors
     /// When the database fails.
     pub async fn reservation_state(&self, rsv: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT state FROM reservations WHERE rsv = $1")
-            .bind(rsv)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        self.optional_text("SELECT state FROM reservations WHERE rsv = $1", rsv)
+            .await
     }
 
     /// The state of an order's refund, if one exists.
@@ -515,11 +518,8 @@ impl Ledger {
     /// # Errors
     /// When the database fails.
     pub async fn refund_state(&self, ord: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT state FROM refunds WHERE ord = $1")
-            .bind(ord)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        self.optional_text("SELECT state FROM refunds WHERE ord = $1", ord)
+            .await
     }
 
     /// Orders whose refund settlement must still ask the core for (paid after cancellation).
