@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a Spin manifest's components on flashcart's own host.
-    Up(up::Args),
+    Up(Box<up::Args>),
     /// Run each component's build command (like `spin build`).
     Build(build::Args),
     /// Measure the host.
@@ -44,7 +44,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Up(args) => up::run(args),
+        Command::Up(args) => up::run(*args),
         Command::Build(args) => build::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Settle(config) => settle::settle(config),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use flashcart_host::variables::Providers;
-use flashcart_host::{Allocator, App, AppConfig, RuntimeConfig};
+use flashcart_host::{Allocator, App, AppConfig, Connections, Reuse, RuntimeConfig};
+use flashcart_settlement::parse_duration as duration;
 
 /// Arguments of `flashcart up` (in the spirit of `spin up`).
 #[derive(Debug, clap::Args)]
@@ -41,13 +42,35 @@ pub(crate) struct Args {
     /// Instance allocator.
     #[arg(long, value_enum, default_value_t = AllocatorArg::Pooling)]
     allocator: AllocatorArg,
-    /// Instances that may run at once (pool size and request concurrency).
+    /// Instances that may exist at once (the pool's size) and requests served at once.
     #[arg(long, default_value_t = 256, env = "FLASHCART_MAX_INSTANCES")]
     max_instances: u32,
+    /// Requests one instance serves before it is dropped, as Spin 4.1 does; 1 gives every
+    /// request a fresh instance (full isolation, slower).
+    #[arg(long, default_value_t = 128, env = "FLASHCART_MAX_INSTANCE_REUSE")]
+    max_instance_reuse: usize,
+    /// Requests one instance serves at the same time (WASI 0.3 handlers are async).
+    #[arg(long, default_value_t = 16, env = "FLASHCART_MAX_INSTANCE_CONCURRENCY")]
+    max_instance_concurrency: usize,
+    /// How long an idle instance is kept for the next request, e.g. `1s`.
+    #[arg(long, default_value = "1s", value_parser = duration, env = "FLASHCART_IDLE_INSTANCE_TIMEOUT")]
+    idle_instance_timeout: Duration,
+    /// Time a client has to send a request header, e.g. `10s`; also how long an idle
+    /// keep-alive connection is kept.
+    #[arg(long, default_value = "10s", value_parser = duration, env = "FLASHCART_HEADER_READ_TIMEOUT")]
+    header_read_timeout: Duration,
+    /// Time a client has to send a request body after its header, e.g. `10s` (408 after).
+    #[arg(long, default_value = "10s", value_parser = duration, env = "FLASHCART_BODY_READ_TIMEOUT")]
+    body_read_timeout: Duration,
+    /// Open client connections at most (further clients wait in the listen backlog);
+    /// capped below the process's open-files limit.
+    #[arg(long, default_value_t = 10_000, env = "FLASHCART_MAX_CONNECTIONS")]
+    max_connections: usize,
     /// Largest linear memory an instance may grow to, in MiB.
     #[arg(long, default_value_t = 64, env = "FLASHCART_MAX_MEMORY_MB")]
     max_memory_mb: usize,
-    /// A request's deadline, e.g. `10s` or `500ms`; a component past it is stopped (504).
+    /// A request's deadline with its unit, e.g. `10s` or `500ms`; a component past it is
+    /// stopped (504).
     #[arg(long, default_value = "10s", value_parser = duration, env = "FLASHCART_REQUEST_TIMEOUT")]
     request_timeout: Duration,
     /// Largest request body in bytes; larger is answered 413.
@@ -76,28 +99,37 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 10s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{s}`: use ms, s or m")),
-    }
-}
-
 fn default_cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from(".flashcart"));
     base.join("flashcart").join("compiled")
+}
+
+/// File descriptors kept for everything but client connections: Redis, the ledger, the
+/// compiled-code cache, logs.
+const RESERVED_FDS: u64 = 128;
+
+/// `wanted` connections, or fewer when the open-files limit (raised to its hard limit
+/// first) would not hold them: a full descriptor table makes `accept` fail for every
+/// client, which is how slow clients used to lock buyers out.
+fn connection_cap(wanted: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit");
+            return wanted;
+        }
+    };
+    let room = usize::try_from(limit.saturating_sub(RESERVED_FDS).max(16)).unwrap_or(usize::MAX);
+    if room < wanted {
+        eprintln!(
+            "flashcart: at most {room} client connections (open-files limit {limit}; raise it \
+             with `ulimit -n` for more)"
+        );
+    }
+    wanted.min(room)
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -124,6 +156,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         },
         request_timeout: args.request_timeout,
         max_body_bytes: args.max_body_bytes,
+        reuse: Reuse {
+            max_requests: args.max_instance_reuse,
+            max_concurrent: args.max_instance_concurrency,
+            idle_timeout: args.idle_instance_timeout,
+        },
+        connections: Connections {
+            header_read_timeout: args.header_read_timeout,
+            body_read_timeout: args.body_read_timeout,
+            max_connections: connection_cap(args.max_connections),
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async move {

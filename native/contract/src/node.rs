@@ -60,11 +60,13 @@ const CACHE_STALENESS_MS: u64 = 5_000;
 
 /// Problem types only the host writes (the request never reached a component, or the
 /// component failed); listed in `docs/openapi.json` beside [`PROBLEM_TYPES`].
-pub const HOST_PROBLEM_TYPES: [&str; 4] = [
+pub const HOST_PROBLEM_TYPES: [&str; 6] = [
     "unreadable-body",
+    "body-timeout",
     "component-timeout",
     "component-failed",
     "component-error",
+    "instance-unavailable",
 ];
 
 /// How the edge is reached.

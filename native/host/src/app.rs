@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
+use crate::handler::{ComponentHandler, Reuse};
 use crate::instance::{ComponentContext, RequestState};
 use crate::key_value::KeyValueStore;
 use crate::manifest::Manifest;
@@ -36,10 +37,38 @@ pub struct AppConfig {
     pub request_timeout: Duration,
     /// Largest request body accepted (bigger is answered 413).
     pub max_body_bytes: usize,
+    /// How instances are reused across requests.
+    pub reuse: Reuse,
+    /// Limits on client connections (slow or idle clients, too many of them).
+    pub connections: Connections,
+}
+
+/// Limits on client connections, so slow or idle clients cannot lock buyers out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// Time a client has to send a request's whole header, counted from the moment the
+    /// connection waits for one: also how long an idle keep-alive connection stays open.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's whole body once its header arrived.
+    pub body_read_timeout: Duration,
+    /// Open client connections at most; beyond it the listener stops accepting until one
+    /// closes (connections wait in the kernel's backlog).
+    pub max_connections: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+        }
+    }
 }
 
 impl AppConfig {
-    /// Defaults for `manifest`: pooling allocator, no cache, 10 s deadline, 1 MiB bodies.
+    /// Defaults for `manifest`: pooling allocator, no cache, 10 s deadline, 1 MiB bodies,
+    /// instances reused as Spin 4.1 does ([`Reuse::default`]).
     pub fn new(manifest: impl Into<PathBuf>) -> Self {
         Self {
             manifest: manifest.into(),
@@ -49,6 +78,8 @@ impl AppConfig {
             runtime: RuntimeConfig::default(),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 1 << 20,
+            reuse: Reuse::default(),
+            connections: Connections::default(),
         }
     }
 }
@@ -60,6 +91,8 @@ pub struct AppComponent {
     pub context: Arc<ComponentContext>,
     /// The pre-instantiated handler.
     pub pre: ServicePre<RequestState>,
+    /// Serves requests on (reused) instances of `pre`.
+    pub handler: Arc<ComponentHandler>,
     /// Compile (or cache load) time at start.
     pub load_time: Duration,
 }
@@ -71,6 +104,7 @@ pub struct App {
     components: Vec<AppComponent>,
     request_timeout: Duration,
     max_body_bytes: usize,
+    connections: Connections,
     name: String,
 }
 
@@ -161,8 +195,15 @@ impl App {
                 environment,
             });
             ids.push(id.clone());
+            let handler = Arc::new(ComponentHandler::new(
+                loaded.pre.clone(),
+                Arc::clone(&context),
+                config.reuse,
+                config.request_timeout,
+            ));
             components.push(AppComponent {
                 context,
+                handler,
                 pre: loaded.pre,
                 load_time: loaded.load_time,
             });
@@ -180,6 +221,7 @@ impl App {
             components,
             request_timeout: config.request_timeout,
             max_body_bytes: config.max_body_bytes,
+            connections: config.connections,
             name: manifest.application.name,
         })
     }
@@ -207,6 +249,11 @@ impl App {
     /// The request body limit.
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
+    }
+
+    /// The client connection limits.
+    pub fn connections(&self) -> Connections {
+        self.connections
     }
 
     /// The engine settings.

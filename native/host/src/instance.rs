@@ -119,6 +119,8 @@ pub enum Failure {
     Trap(String),
     /// The guest answered with a `wasi:http` error code instead of a response.
     ErrorCode(String),
+    /// No instance could be created for the request (e.g. the pool is exhausted).
+    Unavailable(String),
 }
 
 /// A component's complete response.
@@ -128,7 +130,7 @@ pub struct Answer {
     pub parts: http::response::Parts,
     /// The whole body.
     pub body: Bytes,
-    /// Time to create the store and instantiate.
+    /// Time to create the store and instantiate (zero when a reused instance served it).
     pub instantiate: Duration,
 }
 

@@ -13,7 +13,8 @@
 //!   the flashcart [`world`];
 //! - [`spin`]: the host side of `spin:variables`, `spin:key-value` ([`key_value`]) and
 //!   `spin:redis` ([`redis_pool`], one shared multiplexed client per address);
-//! - [`app`]: a loaded application; [`instance`]: one request's instance;
+//! - [`app`]: a loaded application; [`instance`]: an instance's store data;
+//!   [`handler`]: requests served on reused instances (Spin 4.1's model);
 //! - [`server`]: hyper serving with graceful shutdown, health and metrics
 //!   ([`telemetry`], [`problem`] for problem+json errors);
 //! - [`build`]: `flashcart build`; [`bench`]: `flashcart bench cold-start`.
@@ -22,6 +23,7 @@
 pub mod app;
 pub mod bench;
 pub mod build;
+pub mod handler;
 pub mod instance;
 pub mod key_value;
 pub mod manifest;
@@ -38,7 +40,8 @@ pub mod template;
 pub mod variables;
 pub mod world;
 
-pub use app::{App, AppConfig};
+pub use app::{App, AppConfig, Connections};
+pub use handler::Reuse;
 pub use runtime::{Allocator, RuntimeConfig};
 pub use server::{run, run_metrics};
 

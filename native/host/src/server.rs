@@ -21,14 +21,14 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::instance::{self, Failure};
+use crate::instance::Failure;
 use crate::problem::problem;
 use crate::telemetry;
 
@@ -64,20 +64,39 @@ pub async fn run(
         slots: Semaphore::new(slots),
     });
     let local = listener.local_addr()?;
+    let limits = shared.app.connections();
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tracing::info!(address = %local, app = %shared.app.name(), "serving");
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
     loop {
+        // A connection slot first: at the cap the listener stops accepting and new
+        // clients wait in the kernel's backlog instead of costing a file descriptor.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff.reset();
+                    pair
+                }
                 Err(e) => {
-                    // Per-connection errors (e.g. the peer reset before accept, or
-                    // too many open files for a moment) must not stop the server.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
+                    // Per-connection errors (the peer reset before accept) and running out
+                    // of file descriptors must not stop the server, nor spin it: back off,
+                    // doubling up to a second, and say so once per episode.
+                    let pause = backoff.next(&e);
+                    drop(permit);
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => continue,
+                    }
                 }
             },
         };
@@ -88,9 +107,12 @@ pub async fn run(
             async move { Ok::<_, Infallible>(handle(&shared, req, peer, local).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
             }
@@ -180,7 +202,9 @@ async fn handle(
     local: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let request_id = next_request_id();
-    let span = tracing::info_span!(
+    // The access log is off the hot path: one line per request at info level cost more
+    // than the request itself under load. `FLASHCART_LOG=flashcart_host=debug` shows it.
+    let span = tracing::debug_span!(
         "request",
         id = %request_id,
         method = %req.method(),
@@ -192,7 +216,7 @@ async fn handle(
         if let Ok(id) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", id);
         }
-        tracing::info!(
+        tracing::debug!(
             status = response.status().as_u16(),
             ms = started.elapsed().as_secs_f64() * 1e3,
             "answered"
@@ -253,15 +277,31 @@ async fn dispatch(
     // Bodies are read whole before the component starts: flashcart requests are small
     // JSON documents, and a limit enforced here answers 413 without spending an
     // instance on a request that will be refused.
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e)
+    let read = tokio::time::timeout(
+        app.connections().body_read_timeout,
+        Limited::new(body, limit).collect(),
+    );
+    let body = match read.await {
+        Err(_) => {
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "The request body was not sent in time",
+                format!(
+                    "the body must arrive within {:?} of the request header",
+                    app.connections().body_read_timeout
+                ),
+                request_id,
+            );
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
             return too_large(limit, request_id);
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             return problem(
                 StatusCode::BAD_REQUEST,
                 "unreadable-body",
@@ -317,24 +357,14 @@ async fn dispatch(
     let _slot = shared.slots.acquire().await;
     let _in_flight = InFlight::enter();
     let started = Instant::now();
-    let outcome = instance::serve(
-        &component.pre,
-        Arc::clone(&component.context),
-        request,
-        app.request_timeout(),
-    )
-    .await;
+    let outcome = component.handler.handle(request).await;
     metrics::histogram!("flashcart_request_duration_seconds", "component" => id.clone())
         .record(started.elapsed().as_secs_f64());
 
     let response = match outcome {
-        Ok(answer) => {
-            metrics::histogram!("flashcart_instantiate_seconds", "component" => id.clone())
-                .record(answer.instantiate.as_secs_f64());
-            Response::from_parts(answer.parts, Full::new(answer.body))
-        }
+        Ok(answer) => Response::from_parts(answer.parts, Full::new(answer.body)),
         Err(Failure::Timeout(limit)) => {
-            tracing::warn!(component = %id, ?limit, "component stopped at its deadline");
+            tracing::warn!(request = %request_id, component = %id, ?limit, "component stopped at its deadline");
             problem(
                 StatusCode::GATEWAY_TIMEOUT,
                 "component-timeout",
@@ -344,7 +374,7 @@ async fn dispatch(
             )
         }
         Err(Failure::Trap(message)) => {
-            tracing::error!(component = %id, error = %message, "component failed");
+            tracing::error!(request = %request_id, component = %id, error = %message, "component failed");
             problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "component-failed",
@@ -355,8 +385,18 @@ async fn dispatch(
                 request_id,
             )
         }
+        Err(Failure::Unavailable(message)) => {
+            tracing::error!(request = %request_id, component = %id, error = %message, "no instance for the request");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "instance-unavailable",
+                "No instance could serve the request",
+                format!("component `{id}` could not be instantiated; retry shortly"),
+                request_id,
+            )
+        }
         Err(Failure::ErrorCode(code)) => {
-            tracing::warn!(component = %id, code = %code, "component answered an error code");
+            tracing::warn!(request = %request_id, component = %id, code = %code, "component answered an error code");
             problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "component-error",
@@ -401,4 +441,35 @@ fn too_large(limit: usize, request_id: &str) -> Response<Full<Bytes>> {
         format!("bodies are limited to {limit} bytes"),
         request_id,
     )
+}
+
+/// Pauses after failed accepts: 10 ms doubling to 1 s while they keep failing, so running
+/// out of file descriptors neither stops the server nor turns it into a busy loop.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    current: Option<Duration>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn next(&mut self, error: &std::io::Error) -> Duration {
+        let pause = match self.current {
+            None => {
+                tracing::warn!(%error, "accept failed; backing off until it succeeds again");
+                Self::FIRST
+            }
+            Some(previous) => (previous * 2).min(Self::MAX),
+        };
+        self.current = Some(pause);
+        metrics::counter!("flashcart_accept_errors_total").increment(1);
+        pause
+    }
+
+    fn reset(&mut self) {
+        if self.current.take().is_some() {
+            tracing::info!("accepting again");
+        }
+    }
 }

@@ -366,3 +366,80 @@ async fn a_component_waiting_past_its_deadline_gets_504() {
     );
     assert_eq!(server.get("/static/sleep/10").await.status, 200);
 }
+
+/// The `instance-requests=` counter of each of `n` sequential hello requests.
+async fn served_counts(server: &TestServer, n: usize) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for i in 0..n {
+        let reply = server.get(&format!("/v1/stock/reuse-{i}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let count = reply
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("instance-requests="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in {}", reply.body));
+        counts.push(count);
+    }
+    counts
+}
+
+fn reuse(max_requests: usize) -> impl FnOnce(&mut AppConfig) {
+    move |c| {
+        c.reuse = flashcart_host::Reuse {
+            max_requests,
+            max_concurrent: 16,
+            // Long enough that a slow machine never drops the idle instance between two
+            // requests of the test: what is asserted is the reuse limit, not timing.
+            idle_timeout: Duration::from_secs(60),
+        };
+    }
+}
+
+#[tokio::test]
+async fn instances_are_reused_up_to_the_limit() {
+    let server = TestServer::start(HELLO, reuse(3)).await;
+    let counts = served_counts(&server, 9).await;
+    assert!(
+        counts.iter().any(|&n| n > 1),
+        "no request was served by a reused instance: {counts:?}"
+    );
+    assert!(
+        counts.iter().all(|&n| (1..=3).contains(&n)),
+        "an instance served more than 3 requests: {counts:?}"
+    );
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn reuse_one_gives_every_request_a_fresh_instance() {
+    let server = TestServer::start(HELLO, reuse(1)).await;
+    let counts = served_counts(&server, 5).await;
+    assert_eq!(counts, vec![1; 5]);
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_instances() {
+    // 24 requests that each wait 300 ms inside the guest, at once, 8 per instance at
+    // most: every one is answered, and no instance holds more than it may.
+    let server = std::sync::Arc::new(
+        TestServer::start(HELLO, |c| {
+            c.reuse.max_concurrent = 8;
+            c.reuse.idle_timeout = Duration::from_secs(60);
+        })
+        .await,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let server = std::sync::Arc::clone(&server);
+        tasks.spawn(async move { server.get("/static/sleep/300").await });
+    }
+    let mut answered = 0;
+    while let Some(reply) = tasks.join_next().await {
+        let reply = reply.expect("task");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        answered += 1;
+    }
+    assert_eq!(answered, 24);
+}

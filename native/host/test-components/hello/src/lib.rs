@@ -2,11 +2,19 @@
 //! echoes what the host told it about the route (Spin's `spin-*` request headers).
 //! A path ending in `/sleep/<ms>` first waits that long (an await on the host's clock,
 //! not a busy loop), to test draining on shutdown and the wall-clock deadline.
+//! `instance-requests=` counts the requests this instance has served, so tests can see
+//! whether the host reused it.
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use spin_sdk::http::{IntoResponse, Request, StatusCode};
 use spin_sdk::http_service;
 
+/// Requests served by this instance (an instance's statics live as long as it does).
+static SERVED: AtomicU64 = AtomicU64::new(0);
+
 #[http_service]
 async fn hello(req: Request) -> impl IntoResponse {
+    let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
     if let Some(ms) = req
         .uri()
         .path()
@@ -23,7 +31,7 @@ async fn hello(req: Request) -> impl IntoResponse {
             .to_owned()
     };
     let body = format!(
-        "hello from flashcart\nmethod={}\npath-info={}\nmatched-route={}\nparam-sku={}\n",
+        "hello from flashcart\nmethod={}\npath-info={}\nmatched-route={}\nparam-sku={}\ninstance-requests={served}\n",
         req.method(),
         header("spin-path-info"),
         header("spin-matched-route"),
