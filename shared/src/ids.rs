@@ -45,6 +45,11 @@ fn check(
             format!("must be at most {max_len} bytes"),
         ));
     }
+    if value.chars().all(|c| c == '.') {
+        // `.` and `..` are path segments: a URL holding them is normalised away, so such
+        // an id could be created but never reached again.
+        return Err(ValidationError::new(field, "must not consist of dots only"));
+    }
     if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
         return Err(ValidationError::new(
             field,
@@ -352,6 +357,15 @@ mod tests {
         assert!(SkuId::parse("a b").is_err());
         assert!(SkuId::parse("a{b}").is_err());
         assert!(SkuId::parse("é").is_err());
+        for dots in [".", "..", "..."] {
+            assert_eq!(
+                SkuId::parse(dots).unwrap_err().reason,
+                "must not consist of dots only",
+                "{dots}"
+            );
+        }
+        assert!(SkuId::parse(".hidden").is_ok());
+        assert!(SkuId::parse("v1..2").is_ok());
     }
 
     #[test]

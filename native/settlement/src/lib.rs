@@ -71,25 +71,14 @@ impl From<sqlx::Error> for Error {
 /// Settlement's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Parses a duration: `250ms`, `10s`, `2m`, or plain milliseconds.
+/// Parses a duration the one way every flashcart flag does (`humantime`): `250ms`, `10s`,
+/// `2m`, `1h 30m`. A bare number is refused: `500` could mean milliseconds or seconds.
 ///
 /// # Errors
-/// When the text is none of those.
+/// When the text is not a duration with a unit.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "ms"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text:?} (try 500ms, 10s, 2m)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("unknown unit in {text:?} (use ms, s or m)")),
-    }
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("not a duration: {text:?} ({e}; e.g. 500ms, 10s, 2m)"))
 }
 
 fn default_consumer() -> String {
@@ -529,8 +518,8 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1500"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("1h").is_err());
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("1500").is_err(), "a bare number has no unit");
         assert!(parse_duration("soon").is_err());
     }
 }

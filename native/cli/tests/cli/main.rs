@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flashcart_testkit::RedisServer;
+
 fn hello_wasm() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -41,7 +43,10 @@ fn get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn start_up(dir: &tempfile::TempDir, extra: &[&str]) -> (Child, SocketAddr) {
+/// Starts `flashcart up` serving the hello component, with settlement on a private
+/// redis-server and its ledger in `dir`: a test never talks to a server on a default
+/// port nor writes into the source tree.
+fn start_up(dir: &tempfile::TempDir, redis: &RedisServer, extra: &[&str]) -> (Child, SocketAddr) {
     let manifest = dir.path().join("spin.toml");
     std::fs::write(
         &manifest,
@@ -61,6 +66,8 @@ fn start_up(dir: &tempfile::TempDir, extra: &[&str]) -> (Child, SocketAddr) {
         .arg(&manifest)
         .args(["--listen", &address.to_string(), "--cache-dir"])
         .arg(dir.path().join("cache"))
+        .args(["--redis-url", &redis.url(), "--data-dir"])
+        .arg(dir.path().join("data"))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -114,7 +121,8 @@ fn up_serves_and_stops_cleanly_on_ctrl_c() {
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
         .expect("address");
-    let (child, address) = start_up(&dir, &["--metrics-listen", &metrics.to_string()]);
+    let redis = RedisServer::start().expect("redis-server");
+    let (child, address) = start_up(&dir, &redis, &["--metrics-listen", &metrics.to_string()]);
     let (status, body) = get(address, "/anything").expect("answer");
     assert_eq!(status, 200);
     assert!(body.starts_with("hello from flashcart"), "{body}");
@@ -125,6 +133,10 @@ fn up_serves_and_stops_cleanly_on_ctrl_c() {
         "{body}"
     );
     let stderr = stop_with(child, "-INT");
+    assert!(
+        dir.path().join("data").join("ledger.sqlite").exists(),
+        "settlement wrote its ledger elsewhere; stderr:\n{stderr}"
+    );
     assert!(stderr.contains("Ctrl-C: stopping"), "{stderr}");
     assert!(stderr.contains("stopped"), "{stderr}");
 }
@@ -132,7 +144,8 @@ fn up_serves_and_stops_cleanly_on_ctrl_c() {
 #[test]
 fn up_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (child, address) = start_up(&dir, &[]);
+    let redis = RedisServer::start().expect("redis-server");
+    let (child, address) = start_up(&dir, &redis, &[]);
     assert_eq!(get(address, "/").map(|r| r.0), Some(200));
     let stderr = stop_with(child, "-TERM");
     assert!(stderr.contains("SIGTERM: stopping"), "{stderr}");
