@@ -3,8 +3,18 @@
 //! In memory unless the runtime config names a SQLite file (Spin's
 //! `[key_value_store.default] type = "spin", path = "..."`). The in-memory map uses a
 //! std `Mutex`: every operation is a short map access that never awaits, so an async
-//! mutex would only add overhead. SQLite calls block, so they run on tokio's blocking
-//! pool.
+//! mutex would only add overhead.
+//!
+//! With SQLite, the file is the store's persistence and a map in memory answers the
+//! reads: the edge cache reads the store on every deduct and stock check, and a SQLite
+//! read on tokio's blocking pool cost more than the request's own work. The map is
+//! loaded from the file at open; a write goes to SQLite and then to the map under the
+//! connection's lock, so the two never disagree about the order of writes. One node
+//! owns its file: two processes sharing one file would not see each other's writes
+//! (Spin reads the file each time; flashcart's edge cache is node-local by design, so
+//! nothing it stores needs another node's view). WAL with `synchronous = NORMAL`: a
+//! write survives a process crash; an OS crash may lose the last ones, which for a
+//! cache means a few extra Redis reads.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,10 +44,16 @@ pub enum StoreError {
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+type Map = Mutex<BTreeMap<String, Vec<u8>>>;
+
 #[derive(Debug)]
 enum Backend {
-    Memory(Mutex<BTreeMap<String, Vec<u8>>>),
-    Sqlite(Mutex<rusqlite::Connection>),
+    Memory(Map),
+    /// The file, and the map of its rows that answers reads.
+    Sqlite {
+        conn: Mutex<rusqlite::Connection>,
+        rows: Map,
+    },
 }
 
 /// A key-value store.
@@ -69,6 +85,7 @@ impl KeyValueStore {
         let conn = rusqlite::Connection::open(path)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
              CREATE TABLE IF NOT EXISTS spin_key_value (
                  store TEXT NOT NULL,
                  key   TEXT NOT NULL,
@@ -76,33 +93,56 @@ impl KeyValueStore {
                  PRIMARY KEY (store, key)
              );",
         )?;
+        let rows = {
+            let mut stmt =
+                conn.prepare("SELECT key, value FROM spin_key_value WHERE store = 'default'")?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<rusqlite::Result<BTreeMap<String, Vec<u8>>>>()?
+        };
         Ok(Self {
-            backend: Arc::new(Backend::Sqlite(Mutex::new(conn))),
+            backend: Arc::new(Backend::Sqlite {
+                conn: Mutex::new(conn),
+                rows: Mutex::new(rows),
+            }),
         })
     }
 
-    async fn blocking<T: Send + 'static>(
+    /// Runs a write on the SQLite file, then `apply` on the map, both under the
+    /// connection's lock (on tokio's blocking pool: SQLite calls block).
+    async fn write(
         &self,
-        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T> {
+        sql: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()> + Send + 'static,
+        apply: impl FnOnce(&mut BTreeMap<String, Vec<u8>>) + Send + 'static,
+    ) -> Result<()> {
         let backend = Arc::clone(&self.backend);
         tokio::task::spawn_blocking(move || match &*backend {
-            Backend::Sqlite(conn) => {
+            Backend::Sqlite { conn, rows } => {
                 let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-                f(&conn).map_err(StoreError::from)
+                sql(&conn)?;
+                apply(&mut rows.lock().unwrap_or_else(|p| p.into_inner()));
+                Ok(())
             }
-            Backend::Memory(_) => unreachable!("blocking() is only called for SQLite"),
+            Backend::Memory(map) => {
+                apply(&mut map.lock().unwrap_or_else(|p| p.into_inner()));
+                Ok(())
+            }
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    fn memory(&self) -> Option<std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>>> {
+    /// The map that answers reads.
+    fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+        // A poisoned map is still a consistent map: each operation is one insert/remove.
         match &*self.backend {
-            // A poisoned map is still a consistent map: each operation is one insert/remove.
-            Backend::Memory(map) => Some(map.lock().unwrap_or_else(|p| p.into_inner())),
-            Backend::Sqlite(_) => None,
+            Backend::Memory(map) | Backend::Sqlite { rows: map, .. } => {
+                map.lock().unwrap_or_else(|p| p.into_inner())
+            }
         }
+    }
+
+    fn is_memory(&self) -> bool {
+        matches!(&*self.backend, Backend::Memory(_))
     }
 
     /// The value of `key`.
@@ -110,20 +150,7 @@ impl KeyValueStore {
     /// # Errors
     /// When the SQLite file fails.
     pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>> {
-        if let Some(map) = self.memory() {
-            return Ok(map.get(&key).cloned());
-        }
-        self.blocking(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT value FROM spin_key_value WHERE store = 'default' AND key = ?1",
-            )?;
-            let mut rows = stmt.query([key])?;
-            match rows.next()? {
-                Some(row) => Ok(Some(row.get(0)?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        Ok(self.rows().get(&key).cloned())
     }
 
     /// Sets `key` to `value`.
@@ -131,18 +158,24 @@ impl KeyValueStore {
     /// # Errors
     /// When the SQLite file fails.
     pub async fn set(&self, key: String, value: Vec<u8>) -> Result<()> {
-        if let Some(mut map) = self.memory() {
-            map.insert(key, value);
+        if self.is_memory() {
+            self.rows().insert(key, value);
             return Ok(());
         }
-        self.blocking(move |c| {
-            c.prepare_cached(
-                "INSERT INTO spin_key_value (store, key, value) VALUES ('default', ?1, ?2)
-                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(rusqlite::params![key, value])
-            .map(drop)
-        })
+        let row = (key.clone(), value.clone());
+        self.write(
+            move |c| {
+                c.prepare_cached(
+                    "INSERT INTO spin_key_value (store, key, value) VALUES ('default', ?1, ?2)
+                     ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(rusqlite::params![row.0, row.1])
+                .map(drop)
+            },
+            move |rows| {
+                rows.insert(key, value);
+            },
+        )
         .await
     }
 
@@ -151,15 +184,21 @@ impl KeyValueStore {
     /// # Errors
     /// When the SQLite file fails.
     pub async fn delete(&self, key: String) -> Result<()> {
-        if let Some(mut map) = self.memory() {
-            map.remove(&key);
+        if self.is_memory() {
+            self.rows().remove(&key);
             return Ok(());
         }
-        self.blocking(move |c| {
-            c.prepare_cached("DELETE FROM spin_key_value WHERE store = 'default' AND key = ?1")?
-                .execute([key])
-                .map(drop)
-        })
+        let gone = key.clone();
+        self.write(
+            move |c| {
+                c.prepare_cached("DELETE FROM spin_key_value WHERE store = 'default' AND key = ?1")?
+                    .execute([gone])
+                    .map(drop)
+            },
+            move |rows| {
+                rows.remove(&key);
+            },
+        )
         .await
     }
 
@@ -176,16 +215,7 @@ impl KeyValueStore {
     /// # Errors
     /// When the SQLite file fails.
     pub async fn keys(&self) -> Result<Vec<String>> {
-        if let Some(map) = self.memory() {
-            return Ok(map.keys().cloned().collect());
-        }
-        self.blocking(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT key FROM spin_key_value WHERE store = 'default'")?;
-            let keys = stmt.query_map([], |row| row.get(0))?;
-            keys.collect()
-        })
-        .await
+        Ok(self.rows().keys().cloned().collect())
     }
 }
 
@@ -221,6 +251,12 @@ mod tests {
         round_trip(KeyValueStore::sqlite(&path)?).await?;
         let reopened = KeyValueStore::sqlite(&path)?;
         assert_eq!(reopened.get("b".into()).await?, Some(b"2".to_vec()));
+        assert_eq!(
+            reopened.get("a".into()).await?,
+            None,
+            "a delete persists too"
+        );
+        assert_eq!(reopened.keys().await?, ["b"]);
         Ok(())
     }
 }
