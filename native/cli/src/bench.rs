@@ -11,6 +11,9 @@ pub(crate) enum Command {
     /// Compile, cache-load, per-request instantiation (pooling vs on-demand) and
     /// first-request latency after a cached start.
     ColdStart(ColdStartArgs),
+    /// A flash sale over real HTTP (closed and open loop, sustained and drop), baselines
+    /// measured in the same run, and checks that nothing was oversold.
+    Sale(Box<flashcart_bench::sale::Options>),
 }
 
 /// Arguments of `flashcart bench cold-start`.
@@ -35,6 +38,15 @@ pub(crate) fn run(command: Command) -> anyhow::Result<()> {
                 }))
                 .with_context(|| format!("benchmarking {}", args.component.display()))?;
             println!("{}", report.to_markdown());
+            Ok(())
+        }
+        Command::Sale(options) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
+            let (report, out) = runtime.block_on(flashcart_bench::sale::run(*options))?;
+            print!("{}", report.render());
+            println!("report: {}", out.join("sale.json").display());
+            println!("plot:   {}", out.join("sale.svg").display());
+            anyhow::ensure!(report.checks.passed, "a check failed: see the report above");
             Ok(())
         }
     }

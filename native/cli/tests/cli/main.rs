@@ -1,5 +1,8 @@
 //! The `flashcart` binary end to end: `up` serves and stops cleanly on Ctrl-C
-//! (SIGINT) and SIGTERM; `build` runs the manifest's build commands.
+//! (SIGINT) and SIGTERM; `build` runs the manifest's build commands; `bench sale` runs a
+//! small sale and reports it clean.
+
+mod sale;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -9,11 +12,14 @@ use std::time::{Duration, Instant};
 
 use flashcart_testkit::RedisServer;
 
-fn hello_wasm() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let path = target.join("wasm32-wasip2/release/fc_test_hello.wasm");
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+fn hello_wasm() -> PathBuf {
+    let path = target_dir().join("wasm32-wasip2/release/fc_test_hello.wasm");
     assert!(
         path.exists(),
         "{} is missing: run scripts/build-test-components.sh first",
