@@ -122,7 +122,9 @@ pub struct Run {
     pub statuses: BTreeMap<u16, u64>,
     /// Requests without an answer, by reason.
     pub failures: BTreeMap<Failure, u64>,
-    /// Open loop: how late requests left after their due time (the generator's own lag).
+    /// Open loop: how late requests left after their due time — every user was busy (the
+    /// server is behind; `--open-users` more would only queue elsewhere) or the generator
+    /// itself was slow. Already part of the latency.
     pub send_lag_ms: Option<Latency>,
     /// CPU per process over the run.
     pub cpu: Vec<cpu::Use>,
