@@ -152,19 +152,22 @@ pub async fn edge() -> Result<SpinEdge, Rejection> {
         ..CacheConfig::default()
     };
     let per_second = number("buyer_rate_per_second", 10).await?;
+    let settings = Settings::edge(match per_second {
+        0 => None,
+        _ => Some(RateLimit {
+            capacity: number("buyer_rate_capacity", 20).await?,
+            refill_per_second: per_second,
+        }),
+    });
     let config = EdgeConfig {
         admin_token: variable("admin_token").await.map(Secret::new),
         psp_secrets: variable("psp_signing_secrets")
             .await
             .map(|v| SigningSecret::list(&v))
             .unwrap_or_default(),
-        buyer_rate: (per_second > 0).then_some(RateLimit {
-            capacity: number("buyer_rate_capacity", 20).await?,
-            refill_per_second: per_second,
-        }),
         ..EdgeConfig::default()
     };
-    let inventory = Inventory::new(SpinRedis(conn), schema, Settings::default());
+    let inventory = Inventory::new(SpinRedis(conn), schema, settings);
     Ok(Edge::new(
         inventory,
         SpinKv(store),
@@ -214,9 +217,10 @@ pub async fn serve(req: spin_sdk::http::Request, op: Operation) -> http::Respons
         Ok(e) => e,
         Err(r) => return render(ApiResponse::problem(&r)),
     };
+    let request_id = request_id(&api);
     let response = match op {
-        Operation::StockCheck => edge.stock_check(&api, &request_id(&api)).await,
-        Operation::Deduct => edge.deduct(&api).await,
+        Operation::StockCheck => edge.stock_check(&api, &request_id).await,
+        Operation::Deduct => edge.deduct(&api, &request_id).await,
         Operation::Orders => edge.orders(&api).await,
         Operation::PaymentCallback => edge.payment_callback(&api).await,
         Operation::Admin => {

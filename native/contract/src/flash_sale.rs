@@ -17,6 +17,7 @@ pub async fn two_thousand_buyers_fifty_units_then_no_redis_calls(kind: Kind) {
             refill_per_second: 1,
         }),
         sold_out_ttl_ms: 60_000,
+        ..NodeOptions::default()
     };
     let n = Arc::new(Node::start(kind, options).await);
     assert_eq!(load(&n, "drop", 50, 16, -1_000).await.status, 201);
