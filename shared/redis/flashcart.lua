@@ -29,8 +29,9 @@ end
 local function clock(arg)
   if arg ~= '0' then return tonumber(arg), arg end
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  return now, string.format('%d', now)
+  -- seconds .. the microseconds' first three digits (zero-padded): string work, no sprintf.
+  local now_s = t[1] .. string.sub(string.rep('0', 6 - #t[2]) .. t[2], 1, 3)
+  return tonumber(now_s), now_s
 end
 
 local function num(v)
