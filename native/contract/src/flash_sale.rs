@@ -6,7 +6,9 @@ use std::sync::Arc;
 use flashcart_api::ApiRequest;
 use flashcart_core::inventory::RateLimit;
 
-use crate::node::{ADMIN, Kind, Node, NodeOptions, command_calls, deduct_req, load, problem_type};
+use crate::node::{
+    ADMIN, Kind, Node, NodeOptions, command_calls, deduct_req, function_calls, load, problem_type,
+};
 
 /// 2 000 concurrent buyers for 50 units: exactly 50 reservations, the books balance; then,
 /// with the sold-out flag cached, 500 more deducts make no Redis call at all.
@@ -22,6 +24,7 @@ pub async fn two_thousand_buyers_fifty_units_then_no_redis_calls(kind: Kind) {
     let n = Arc::new(Node::start(kind, options).await);
     assert_eq!(load(&n, "drop", 50, 16, -1_000).await.status, 201);
 
+    let calls_before = function_calls(n.redis());
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..2_000 {
         let n = Arc::clone(&n);
@@ -54,6 +57,10 @@ pub async fn two_thousand_buyers_fifty_units_then_no_redis_calls(kind: Kind) {
         }
     }
     assert_eq!((created, sold_out), (50, 1_950));
+    eprintln!(
+        "{kind:?}: 2000 deducts for 50 units made {} function calls",
+        function_calls(n.redis()) - calls_before
+    );
     let state = n
         .send(
             ApiRequest::new("GET", "/v1/admin/skus/drop")
