@@ -1,5 +1,5 @@
-//! 2 000 concurrent buyers for 50 units through the edge; then, with the sold-out
-//! flag cached, a burst of deducts that makes no Redis call at all.
+//! 2 000 concurrent buyers for 50 units through the edge; then, with the SKU sold out at the
+//! node, a burst of deducts that makes no Redis call at all.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use crate::node::{
 };
 
 /// 2 000 concurrent buyers for 50 units: exactly 50 reservations, the books balance; then,
-/// with the sold-out flag cached, 500 more deducts make no Redis call at all.
+/// with the SKU sold out at the node, 500 more deducts make no Redis call at all.
 pub async fn two_thousand_buyers_fifty_units_then_no_redis_calls(kind: Kind) {
     let options = NodeOptions {
         rate: Some(RateLimit {
@@ -77,7 +77,7 @@ pub async fn two_thousand_buyers_fifty_units_then_no_redis_calls(kind: Kind) {
     );
     assert_eq!(state["invariant_holds"], true);
 
-    // The sold-out flag is cached now: a burst of deducts answers from the edge.
+    // The node knows the SKU is sold out: a burst of deducts answers from the edge.
     let before = command_calls(n.redis());
     for i in 0..500 {
         let resp = n
