@@ -7,8 +7,13 @@
 //! - A refresh lease: of the requests that find an entry stale, the one that takes the lease
 //!   refreshes it from Redis while the others answer from the cache.
 //! - Negative caching: a SKU Redis does not know is remembered as unknown for a short time.
-//! - A sold-out flag: once Redis said "sold out", deducts answer it from the cache without a
-//!   Redis call until the flag expires (stock can come back when reservations expire).
+//! - A stock map per SKU: which of its partitions Redis last reported empty, and when.
+//!   Deducts skip those partitions; once every partition is empty and Redis answered a deduct
+//!   "sold out", the SKU is sold out at this node and deducts answer so without Redis. Every `sold_out_ttl` one request (holding a
+//!   refresh lease, like the stock entries') re-reads the partition seen empty longest ago
+//!   while the others keep answering sold out, so a sold-out SKU costs one read per node per
+//!   `sold_out_ttl`, and units that come back (expired reservations) are found within
+//!   `(partitions + 1) × sold_out_ttl`.
 //!
 //! Storage is any [`KvStore`] (Spin key-value at the edge, a map in tests); time comes from a
 //! [`Clock`], so the rules are tested with a fake clock.
@@ -51,7 +56,8 @@ pub struct CacheConfig {
     pub max_stale_ms: u64,
     /// How long an unknown SKU is remembered.
     pub negative_ttl_ms: u64,
-    /// How long a sold-out flag holds.
+    /// How long a sold-out SKU is answered without any Redis call; also the pace at which a
+    /// sold-out SKU's partitions are re-checked, one per period (see [`EdgeCache::plan_deduct`]).
     pub sold_out_ttl_ms: u64,
     /// How long a refresh lease holds.
     pub lease_ms: u64,
@@ -109,6 +115,44 @@ struct Lease {
     until: u64,
 }
 
+/// Where a SKU's units are, as this node last heard from Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct StockMap {
+    /// The SKU's segment count (0: not known yet).
+    segments: u16,
+    /// The SKU's partitions (empty: not known yet).
+    partitions: Vec<u16>,
+    /// Partitions Redis reported with no units left, and when (ms, this node's clock).
+    empty: std::collections::BTreeMap<u16, u64>,
+    /// Whether Redis answered a deduct "sold out" since a partition last reported units.
+    sold_out: bool,
+}
+
+/// What a deduct should do, according to the node's stock map of its SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeductPlan {
+    /// Every partition of the SKU was seen empty lately: answer sold out without Redis.
+    SoldOut,
+    /// As `SoldOut`, but the knowledge is due a check and this request holds the lease: read
+    /// `partition` (the one seen empty longest ago) and report it with
+    /// [`EdgeCache::probed`]; if it has units after all, reserve with the other fields.
+    Probe {
+        /// The partition to read.
+        partition: u16,
+        /// The SKU's segment count.
+        segments: u16,
+        /// The partitions believed empty (including `partition`).
+        empty: Vec<u16>,
+    },
+    /// Reserve through Redis, skipping the partitions seen empty lately.
+    Reserve {
+        /// The SKU's segment count, when known.
+        segments: Option<u16>,
+        /// The partitions believed empty.
+        empty: Vec<u16>,
+    },
+}
+
 /// The edge cache over a store and a clock.
 #[derive(Debug, Clone)]
 pub struct EdgeCache<S, C> {
@@ -123,8 +167,11 @@ fn entry_key(key: &str) -> String {
 fn lease_key(key: &str) -> String {
     format!("fc:lease:{key}")
 }
-fn sold_out_key(key: &str) -> String {
-    format!("fc:soldout:{key}")
+fn stock_map_key(key: &str) -> String {
+    format!("fc:stockmap:{key}")
+}
+fn stock_map_lease_key(key: &str) -> String {
+    format!("fc:stockmap-lease:{key}")
 }
 
 /// A spread in `0..=max` from the key and the fetch time (FNV-1a): stable, no randomness
@@ -192,7 +239,7 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
         if now >= entry.fresh_until + self.config.max_stale_ms {
             return Ok(Lookup::Miss);
         }
-        let refresh = self.take_lease(key, holder, now).await?;
+        let refresh = self.take_lease(&lease_key(key), holder, now).await?;
         Ok(Lookup::Stale {
             value,
             age_ms,
@@ -244,40 +291,127 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
     /// When the store fails.
     pub async fn invalidate(&self, key: &str) -> Result<(), KvError> {
         self.store.delete(&entry_key(key)).await?;
-        self.store.delete(&sold_out_key(key)).await
+        self.store.delete(&stock_map_key(key)).await
     }
 
-    /// Whether a sold-out flag for `key` holds now.
-    ///
-    /// # Errors
-    /// When the store fails.
-    pub async fn is_sold_out(&self, key: &str) -> Result<bool, KvError> {
-        let now = self.clock.now_ms();
+    async fn stock_map(&self, key: &str) -> Result<StockMap, KvError> {
         Ok(self
             .store
-            .get(&sold_out_key(key))
+            .get(&stock_map_key(key))
             .await?
-            .and_then(|b| decode::<u64>(&b))
-            .is_some_and(|until| now < until))
+            .and_then(|b| decode::<StockMap>(&b))
+            .unwrap_or_default())
     }
 
-    /// Raises the sold-out flag for `key` for the configured time.
+    /// How long an observation that a partition is empty is believed: one re-check per
+    /// `sold_out_ttl` visits every partition within `partitions × sold_out_ttl`.
+    fn trust_ms(&self, map: &StockMap) -> u64 {
+        self.config.sold_out_ttl_ms * (map.partitions.len() as u64 + 1)
+    }
+
+    /// What a deduct of `key` should do (see [`DeductPlan`]). `holder` names this request for
+    /// the re-check lease.
     ///
     /// # Errors
     /// When the store fails.
-    pub async fn mark_sold_out(&self, key: &str) -> Result<(), KvError> {
-        let until = self.clock.now_ms() + self.config.sold_out_ttl_ms;
-        self.store
-            .set(&sold_out_key(key), until.to_string().as_bytes())
-            .await
+    pub async fn plan_deduct(&self, key: &str, holder: &str) -> Result<DeductPlan, KvError> {
+        let now = self.clock.now_ms();
+        let map = self.stock_map(key).await?;
+        let trust = self.trust_ms(&map);
+        let believed: Vec<(u16, u64)> = map
+            .empty
+            .iter()
+            .filter(|&(_, &at)| now < at.saturating_add(trust))
+            .map(|(&p, &at)| (p, at))
+            .collect();
+        let empty: Vec<u16> = believed.iter().map(|&(p, _)| p).collect();
+        let segments = (map.segments > 0).then_some(map.segments);
+        let everywhere = map.sold_out
+            && !map.partitions.is_empty()
+            && map.partitions.iter().all(|p| empty.contains(p));
+        // Sold out: every partition is believed empty, so `believed` has entries.
+        let (Some(oldest), Some(last)) = (
+            believed.iter().min_by_key(|&&(_, at)| at).map(|&(p, _)| p),
+            believed.iter().map(|&(_, at)| at).max(),
+        ) else {
+            return Ok(DeductPlan::Reserve { segments, empty });
+        };
+        if !everywhere {
+            return Ok(DeductPlan::Reserve { segments, empty });
+        }
+        if now < last.saturating_add(self.config.sold_out_ttl_ms)
+            || !self
+                .take_lease(&stock_map_lease_key(key), holder, now)
+                .await?
+        {
+            return Ok(DeductPlan::SoldOut);
+        }
+        Ok(DeductPlan::Probe {
+            partition: oldest,
+            segments: map.segments,
+            empty,
+        })
+    }
+
+    /// Records what Redis just said about `key`'s partitions: `seen` lists partitions with the
+    /// units left there; `sold_out`, whether it answered the deduct "sold out". `partitions`
+    /// (with `segments`) lists the SKU's partitions when the caller knows them. Writes only
+    /// when something changed.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn observe(
+        &self,
+        key: &str,
+        segments: Option<u16>,
+        partitions: &[u16],
+        seen: &[(u16, u64)],
+        sold_out: bool,
+    ) -> Result<(), KvError> {
+        let now = self.clock.now_ms();
+        let mut map = self.stock_map(key).await?;
+        let before = map.clone();
+        if let Some(segments) = segments
+            && (segments != map.segments || partitions != map.partitions.as_slice())
+        {
+            map.segments = segments;
+            map.partitions = partitions.to_vec();
+            map.empty.retain(|p, _| partitions.contains(p));
+        }
+        for &(p, left) in seen {
+            if !map.partitions.contains(&p) {
+                continue;
+            }
+            if left == 0 {
+                map.empty.insert(p, now);
+            } else {
+                map.empty.remove(&p);
+                map.sold_out = false;
+            }
+        }
+        map.sold_out |= sold_out;
+        if map == before {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&map).map_err(|e| KvError(e.to_string()))?;
+        self.store.set(&stock_map_key(key), &bytes).await
+    }
+
+    /// Records the re-check a [`DeductPlan::Probe`] asked for, and ends the lease.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn probed(&self, key: &str, partition: u16, left: u64) -> Result<(), KvError> {
+        self.observe(key, None, &[], &[(partition, left)], false)
+            .await?;
+        self.store.delete(&stock_map_lease_key(key)).await
     }
 
     /// Takes the refresh lease unless another holder has it. The store has no compare-and-set,
     /// so this writes then reads back: two requests racing in the same instant may both refresh
     /// (harmless: one extra Redis read), but a held lease is never taken over before it ends.
-    async fn take_lease(&self, key: &str, holder: &str, now: u64) -> Result<bool, KvError> {
-        let lk = lease_key(key);
-        if let Some(current) = self.store.get(&lk).await?.and_then(|b| decode::<Lease>(&b))
+    async fn take_lease(&self, lk: &str, holder: &str, now: u64) -> Result<bool, KvError> {
+        if let Some(current) = self.store.get(lk).await?.and_then(|b| decode::<Lease>(&b))
             && current.until > now
         {
             return Ok(current.holder == holder);
@@ -287,8 +421,8 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
             until: now + self.config.lease_ms,
         };
         let bytes = serde_json::to_vec(&lease).map_err(|e| KvError(e.to_string()))?;
-        self.store.set(&lk, &bytes).await?;
-        let back = self.store.get(&lk).await?.and_then(|b| decode::<Lease>(&b));
+        self.store.set(lk, &bytes).await?;
+        let back = self.store.get(lk).await?.and_then(|b| decode::<Lease>(&b));
         Ok(back.is_some_and(|l| l.holder == holder))
     }
 }
@@ -434,19 +568,204 @@ mod tests {
         );
     }
 
+    /// A SKU of 3 segments in partitions 4, 5 and 6.
+    const PARTS: [u16; 3] = [4, 5, 6];
+
+    fn sold_out(cache: &EdgeCache<&Memory, &FakeClock>) {
+        let seen: Vec<(u16, u64)> = PARTS.iter().map(|&p| (p, 0)).collect();
+        block_on(cache.observe("a", Some(3), &PARTS, &seen, true)).unwrap();
+    }
+
     #[test]
-    fn sold_out_flag_expires() {
+    fn empty_partitions_are_skipped_while_believed() {
         let (store, clock) = setup();
         let cache = EdgeCache::new(&store, &clock, CONFIG);
-        assert_eq!(block_on(cache.is_sold_out("a")), Ok(false));
-        block_on(cache.mark_sold_out("a")).unwrap();
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::Reserve {
+                segments: None,
+                empty: vec![]
+            })
+        );
+        block_on(cache.observe("a", Some(3), &PARTS, &[(4, 0), (5, 2), (9, 0)], false)).unwrap();
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::Reserve {
+                segments: Some(3),
+                empty: vec![4]
+            }),
+            "partition 9 is not the SKU's"
+        );
+        // Units back in 4: no longer skipped.
+        clock.0.set(10_100);
+        block_on(cache.observe("a", None, &[], &[(4, 1), (6, 0)], false)).unwrap();
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::Reserve {
+                segments: Some(3),
+                empty: vec![6]
+            })
+        );
+        // An observation is believed for (partitions + 1) × sold_out_ttl = 2 800 ms.
+        clock.0.set(10_100 + 2_799);
+        assert!(matches!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::Reserve { empty, .. }) if empty == vec![6]
+        ));
+        clock.0.set(10_100 + 2_800);
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::Reserve {
+                segments: Some(3),
+                empty: vec![]
+            })
+        );
+    }
+
+    #[test]
+    fn empty_everywhere_is_sold_out_only_once_redis_said_so() {
+        let (store, clock) = setup();
+        let cache = EdgeCache::new(&store, &clock, CONFIG);
+        let seen: Vec<(u16, u64)> = PARTS.iter().map(|&p| (p, 0)).collect();
+        // The last unit was just taken: a deduct still goes to Redis (which answers sold out
+        // from the buyer's home partition alone, given these hints).
+        block_on(cache.observe("a", Some(3), &PARTS, &seen, false)).unwrap();
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::Reserve {
+                segments: Some(3),
+                empty: PARTS.to_vec()
+            })
+        );
+        block_on(cache.observe("a", None, &[], &[], true)).unwrap();
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r2")),
+            Ok(DeductPlan::SoldOut)
+        );
+    }
+
+    #[test]
+    fn a_sold_out_sku_is_answered_here_and_rechecked_by_one_request_per_period() {
+        let (store, clock) = setup();
+        let cache = EdgeCache::new(&store, &clock, CONFIG);
+        sold_out(&cache);
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::SoldOut)
+        );
         clock.0.set(10_699);
-        assert_eq!(block_on(cache.is_sold_out("a")), Ok(true));
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r2")),
+            Ok(DeductPlan::SoldOut)
+        );
+        // Due a check: the first request takes the lease, the others still answer sold out.
         clock.0.set(10_700);
-        assert_eq!(block_on(cache.is_sold_out("a")), Ok(false));
-        block_on(cache.mark_sold_out("a")).unwrap();
+        let probe = block_on(cache.plan_deduct("a", "r3")).unwrap();
+        let DeductPlan::Probe {
+            partition,
+            segments: 3,
+            ref empty,
+        } = probe
+        else {
+            panic!("expected a probe: {probe:?}");
+        };
+        assert_eq!(empty, &PARTS.to_vec());
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r4")),
+            Ok(DeductPlan::SoldOut)
+        );
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r5")),
+            Ok(DeductPlan::SoldOut)
+        );
+        // Still empty: sold out again for a period, and the next check looks elsewhere.
+        block_on(cache.probed("a", partition, 0)).unwrap();
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r6")),
+            Ok(DeductPlan::SoldOut)
+        );
+        clock.0.set(10_700 + 700);
+        let next = block_on(cache.plan_deduct("a", "r7")).unwrap();
+        assert!(
+            matches!(next, DeductPlan::Probe { partition: p, .. } if p != partition),
+            "{next:?}"
+        );
+    }
+
+    #[test]
+    fn rechecks_visit_every_partition_and_keep_the_belief_alive() {
+        let (store, clock) = setup();
+        let cache = EdgeCache::new(&store, &clock, CONFIG);
+        sold_out(&cache);
+        let mut checked = std::collections::BTreeSet::new();
+        for period in 1..=12u64 {
+            clock.0.set(10_000 + period * 700);
+            match block_on(cache.plan_deduct("a", &format!("r{period}"))).unwrap() {
+                DeductPlan::Probe { partition, .. } => {
+                    checked.insert(partition);
+                    block_on(cache.probed("a", partition, 0)).unwrap();
+                }
+                other => panic!("period {period}: {other:?}"),
+            }
+        }
+        assert_eq!(checked.into_iter().collect::<Vec<_>>(), PARTS.to_vec());
+    }
+
+    #[test]
+    fn units_found_by_a_recheck_end_the_sell_out() {
+        let (store, clock) = setup();
+        let cache = EdgeCache::new(&store, &clock, CONFIG);
+        sold_out(&cache);
+        clock.0.set(10_700);
+        let Ok(DeductPlan::Probe { partition, .. }) = block_on(cache.plan_deduct("a", "r1")) else {
+            panic!("expected a probe");
+        };
+        block_on(cache.probed("a", partition, 2)).unwrap();
+        let expected: Vec<u16> = PARTS.iter().copied().filter(|&p| p != partition).collect();
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r2")),
+            Ok(DeductPlan::Reserve {
+                segments: Some(3),
+                empty: expected
+            })
+        );
+    }
+
+    #[test]
+    fn a_stuck_recheck_hands_over_when_its_lease_ends() {
+        let (store, clock) = setup();
+        let cache = EdgeCache::new(&store, &clock, CONFIG);
+        sold_out(&cache);
+        clock.0.set(10_700);
+        assert!(matches!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::Probe { .. })
+        ));
+        clock.0.set(10_700 + 299);
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r2")),
+            Ok(DeductPlan::SoldOut)
+        );
+        clock.0.set(10_700 + 300);
+        assert!(matches!(
+            block_on(cache.plan_deduct("a", "r2")),
+            Ok(DeductPlan::Probe { .. })
+        ));
+    }
+
+    #[test]
+    fn invalidate_forgets_the_stock_map() {
+        let (store, clock) = setup();
+        let cache = EdgeCache::new(&store, &clock, CONFIG);
+        sold_out(&cache);
         block_on(cache.invalidate("a")).unwrap();
-        assert_eq!(block_on(cache.is_sold_out("a")), Ok(false));
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::Reserve {
+                segments: None,
+                empty: vec![]
+            })
+        );
     }
 
     #[test]

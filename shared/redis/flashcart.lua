@@ -7,6 +7,10 @@
 --   { code, replayed (0|1), fields... }
 -- Codes that reject bad input change nothing.
 --
+-- The reserve path (fc_reserve, fc_reserve_at) is the hot path: it counts its redis.call()s
+-- and formats each number it writes once. A Lua number handed to redis.call is formatted
+-- with sprintf, which costs about as much as a cheap command, and so does tonumber().
+--
 -- Placeholders filled in by flashcart_core::library::source():
 --   VERSION     the library version hosts compare before calling
 --   TRANSITIONS the order state machine, rendered from the Rust core
@@ -21,8 +25,22 @@ local function now_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- now_ms, and the same instant as the text commands take (formatted once).
+local function clock(arg)
+  if arg ~= '0' then return tonumber(arg), arg end
+  local t = redis.call('TIME')
+  -- seconds .. the microseconds' first three digits (zero-padded): string work, no sprintf.
+  local now_s = t[1] .. string.sub(string.rep('0', 6 - #t[2]) .. t[2], 1, 3)
+  return tonumber(now_s), now_s
+end
+
 local function num(v)
   return tonumber(v) or 0
+end
+
+-- The SKU a reservation id names: rsv_<partition>_<token>_<sku>.
+local function sku_of(rid)
+  return string.match(rid, '^rsv_%d+_%x+_(.+)$')
 end
 
 -- The SKU's terms and this partition's segments, from the SKU hash of this partition.
@@ -40,165 +58,266 @@ local function sku_terms(key)
 end
 
 -- Takes qty units from the first local segment that has them, starting at the buyer's
--- affinity so retries land in the same place. Returns the segment, or nil and why not.
-local function take(key, terms, qty, affinity)
-  local n = #terms.here
-  local best = 0
-  for k = 0, n - 1 do
-    local seg = terms.here[((affinity + k) % n) + 1]
-    local avail = num(redis.call('HGET', key, 'a' .. seg))
-    if avail >= qty then
-      redis.call('HINCRBY', key, 'a' .. seg, -qty)
-      redis.call('HINCRBY', key, 'r' .. seg, qty)
-      return seg, nil
+-- affinity (`args[affinity]`, read only when there is a choice) so retries land in the same
+-- place. `here` is the SKU hash's list of local segments; `levels`, optional, the available
+-- and reserved units of the only one, read already. Returns the segment (nil when none has
+-- qty units: then also 'insufficient' or 'sold_out'), the units left in this partition
+-- afterwards, and the local segment count.
+local function take(key, here, qty, args, affinity, levels)
+  if here == '' then return nil, 0, 0, 'sold_out' end
+  if not string.find(here, ',', 1, true) then
+    -- One local segment (the default layout): one read (or none: `levels` holds its levels
+    -- when the caller guessed the segment right), one write.
+    local a, r = 'a' .. here, 'r' .. here
+    local v = levels or redis.call('HMGET', key, a, r)
+    local avail = num(v[1])
+    if avail < qty then
+      if avail > 0 then return nil, avail, 1, 'insufficient' end
+      return nil, 0, 1, 'sold_out'
     end
-    if avail > best then best = avail end
+    redis.call('HSET', key, a, string.format('%d', avail - qty),
+      r, string.format('%d', num(v[2]) + qty))
+    return here, avail - qty, 1
   end
-  if best > 0 then return nil, 'insufficient' end
-  return nil, 'sold_out'
+  local segs, fields = {}, {}
+  for s in string.gmatch(here, '[^,]+') do
+    segs[#segs + 1] = s
+    fields[#fields + 1] = 'a' .. s
+  end
+  local avail = redis.call('HMGET', key, unpack(fields))
+  local n, left = #segs, 0
+  for i = 1, n do
+    avail[i] = tonumber(avail[i]) or 0
+    left = left + avail[i]
+  end
+  local first = tonumber(args[affinity])
+  for k = 0, n - 1 do
+    local i = ((first + k) % n) + 1
+    if avail[i] >= qty then
+      redis.call('HINCRBY', key, fields[i], -qty)
+      redis.call('HINCRBY', key, 'r' .. segs[i], qty)
+      return segs[i], left - qty, n
+    end
+  end
+  if left > 0 then return nil, left, n, 'insufficient' end
+  return nil, 0, n, 'sold_out'
 end
 
+-- Writes a reservation record, its expiry timer and its event. Every argument is text already
+-- (see the note at the top). `fp`: the request's fingerprint, for a reservation that is also
+-- its request's record (taken in the buyer's home partition), else nil.
 local function write_reservation(rsv_key, events_key, expiries_key, rid, sku, seg, qty, buyer,
-                                 now, ttl)
-  local expires = now + ttl
-  redis.call('HSET', rsv_key, 'id', rid, 'sku', sku, 'seg', seg, 'qty', qty, 'buyer', buyer,
-    'state', 'active', 'expires', expires, 'created', now)
+                                 now, expires, fp)
+  -- No id or SKU (the id names both, and every caller has it) and no creation time (the
+  -- event has it).
+  if fp then
+    redis.call('HSET', rsv_key, 'state', 'active', 'seg', seg, 'qty', qty, 'expires', expires,
+      'buyer', buyer, 'fp', fp)
+  else
+    redis.call('HSET', rsv_key, 'state', 'active', 'seg', seg, 'qty', qty, 'expires', expires,
+      'buyer', buyer)
+  end
   redis.call('ZADD', expiries_key, expires, rid)
   redis.call('XADD', events_key, '*', 'type', 'reservation.created', 'at', now, 'sku', sku,
     'rsv', rid, 'seg', seg, 'qty', qty, 'buyer', buyer, 'expires', expires)
-  return expires
 end
 
--- Stores a reserve decision in the idempotency record and returns it as a reply.
-local function decide(idem_key, ttl, reply)
-  redis.call('HSET', idem_key, 'state', 'done', 'reply', cjson.encode(reply))
-  redis.call('PEXPIRE', idem_key, ttl)
+-- Stores a reserve decision other than a reservation at home in the request's record, and
+-- returns it as a reply. The reply is kept as its fields joined by tabs (codes, ids and
+-- numbers hold none): cheaper than JSON.
+local function decide(rec_key, fp, ttl, reply)
+  redis.call('HSET', rec_key, 'fp', fp, 'decided', table.concat(reply, '\t'))
+  redis.call('PEXPIRE', rec_key, ttl)
   return reply
 end
 
-local function replay(rec_reply)
-  local reply = cjson.decode(rec_reply)
+-- A stored reply, marked as replayed. Replies stored as JSON (payment outcomes) work too.
+local function replay(stored)
+  local reply
+  if string.byte(stored, 1) == 91 then -- '['
+    reply = cjson.decode(stored)
+  else
+    reply = {}
+    for f in string.gmatch(stored, '[^\t]+') do reply[#reply + 1] = f end
+  end
   reply[2] = 1
   return reply
 end
 
+-- The buyer's token bucket, kept as GCRA: one number, the time (µs) at which the bucket will
+-- be full again; the key expires then (PXAT, the same digits in ms), as a full bucket needs no
+-- key. `step`: the µs a token takes to come back (at least 1 000); `capacity`: the burst.
+-- One SET ... GET when the bucket was full (a buyer's first deduct, or one after a pause); a
+-- second SET when it was not: the right value, or the old one back when the request is
+-- refused, so a refusal leaves the key as it was. Returns whether a token was taken and, for
+-- a refusal, the ms until the next token.
+local function take_token(key, step_s, capacity_s, now)
+  local now_us, step = now * 1000, tonumber(step_s)
+  local guess = string.format('%d', now_us + step)
+  local old = redis.call('SET', key, guess, 'PXAT', string.sub(guess, 1, -4), 'GET')
+  local tat = tonumber(old)
+  if not tat or tat <= now_us then return true end
+  local full_at = tat + step
+  local free_at = full_at - tonumber(capacity_s) * step
+  if now_us < free_at then
+    redis.call('SET', key, old, 'PXAT', string.sub(old, 1, -4))
+    return false, math.ceil((free_at - now_us) / 1000)
+  end
+  local value = string.format('%d', full_at)
+  redis.call('SET', key, value, 'PXAT', string.sub(value, 1, -4))
+  return true
+end
+
 -- fc_reserve: the deduct, started in the BUYER's home partition H.
--- KEYS: sku(H) idem(H) purchases(H) rsv(H) events(H) expiries(H)
+-- The request's record is the hash of its reservation id in H, rec(H): a reservation taken
+-- in H carries the request's fingerprint (`fp`) beside its own fields; any other decision
+-- (`decided`: the reply) or a search of other partitions under way (`lease`, `hold`,
+-- `short`, `skip`) is a record without reservation fields that lives for idem_ttl. One key
+-- serves as idempotency record and reservation, so a reserve at home reads one record and
+-- writes one.
+-- KEYS: sku(H) purchases(H) rec(H) events(H) expiries(H) bucket(H)
 -- ARGV: sku buyer fingerprint qty now rid idem_ttl lease_ms affinity
--- Replies: ok(rid seg expires) | sold_out | insufficient | limit_reached(remaining) |
---   fallback(segs)  -> H is short: try the SKU's other partitions with fc_reserve_at,
---                      then fc_reserve_finish; the buyer's limit is held meanwhile
---   resume(segs)    -> an earlier attempt with this key stopped mid-fallback: continue it
+--       rate_capacity rate_step_us skip guess
+--   rate_step_us (µs per token) 0 turns the buyer's token bucket off. skip: the SKU's partitions the
+--   caller believes empty (comma-separated partition numbers; '*' for every one but H),
+--   kept in the record so a resumed search skips the same ones. guess: the segment H holds
+--   if it holds one (KeySchema::first_segment_in), read with the terms to save a read.
+-- Replies: ok(rid seg expires left segs) | sold_out(left) | insufficient(left)
+--   | limit_reached(remaining) | rate_limited(remaining retry_after_ms)  (no writes)
+--   (`left`: the units left in H; a replay answers the stored decision without it)
+--   fallback(segs left) -> H is short (`left` units here): try the SKU's other partitions but
+--                          `skip` with fc_reserve_at, then fc_reserve_finish; the buyer's
+--                          limit is held meanwhile. With lease_ms 0 a retry resumes at once,
+--                          so a search that found units may skip the finish: the
+--                          reservation it found is what the resumed search finds.
+--   resume(segs skip)   -> an earlier attempt with this key is past its lease: continue it
 --   unknown_sku | not_on_sale(start) | sale_ended | idem_mismatch | in_flight  (no writes)
+-- A replay, a mismatch, a resume and a refusal before the decision take no token.
 local function fc_reserve(keys, args)
-  local sku, buyer, fp = args[1], args[2], args[3]
-  local qty, now = tonumber(args[4]), now_ms(args[5])
-  local rid = args[6]
-  local idem_ttl, lease, affinity = tonumber(args[7]), tonumber(args[8]), tonumber(args[9])
+  local now, now_s = clock(args[5])
+  local fp, rid = args[3], args[6]
 
-  local rec = redis.call('HMGET', keys[2], 'fp', 'state', 'reply', 'lease')
-  if rec[1] then
-    if rec[1] ~= fp then return { 'idem_mismatch', 0 } end
-    if rec[2] == 'done' then return replay(rec[3]) end
-    if num(rec[4]) > now then return { 'in_flight', 0 } end
-    redis.call('HSET', keys[2], 'lease', now + lease)
-    local terms = sku_terms(keys[1])
-    return { 'resume', 0, terms and terms.segs or 0 }
+  if redis.call('EXISTS', keys[3]) == 1 then
+    local rec = redis.call('HMGET', keys[3], 'fp', 'seg', 'expires', 'decided', 'lease', 'skip')
+    -- A reservation without `fp` was made before records carried one: the same token.
+    if rec[1] and rec[1] ~= fp then return { 'idem_mismatch', 0 } end
+    if rec[2] then return { 'ok', 1, rid, rec[2], tonumber(rec[3]) } end
+    if rec[4] then return replay(rec[4]) end
+    if num(rec[5]) > now then return { 'in_flight', 0 } end
+    if args[8] ~= '0' then
+      redis.call('HSET', keys[3], 'lease', string.format('%d', now + tonumber(args[8])))
+    end
+    return { 'resume', 0, num(redis.call('HGET', keys[1], 'segs')), rec[6] or '' }
   end
 
-  -- The token names this reservation already (its key was used before and its record
-  -- expired): answer with it rather than take stock twice.
-  local existing = redis.call('HMGET', keys[4], 'seg', 'expires', 'buyer')
-  if existing[1] then return { 'ok', 1, rid, existing[1], tonumber(existing[2]) } end
+  -- The terms, and the levels of the segment the caller expects here (args[13]).
+  local guess = args[13]
+  local t = redis.call('HMGET', keys[1], 'here', 'start', 'end', 'limit', 'ttl', 'segs',
+    'a' .. guess, 'r' .. guess)
+  if not t[1] then return { 'unknown_sku', 0 } end
+  local start = tonumber(t[2])
+  if now < start then return { 'not_on_sale', 0, start } end
+  if now >= tonumber(t[3]) then return { 'sale_ended', 0 } end
 
-  local terms = sku_terms(keys[1])
-  if not terms then return { 'unknown_sku', 0 } end
-  if now < terms.start then return { 'not_on_sale', 0, terms.start } end
-  if now >= terms.finish then return { 'sale_ended', 0 } end
+  -- Every answer from here on is a decision, and costs the buyer a token.
+  if args[11] ~= '0' then
+    local taken, retry = take_token(keys[6], args[11], args[10], now)
+    -- A refusal found less than one token: none left.
+    if not taken then return { 'rate_limited', 0, 0, retry } end
+  end
 
-  local bought = 0
-  if terms.limit > 0 then
-    bought = num(redis.call('GET', keys[3]))
-    if bought + qty > terms.limit then
-      redis.call('HSET', keys[2], 'fp', fp)
-      return decide(keys[2], idem_ttl, { 'limit_reached', 0, math.max(terms.limit - bought, 0) })
+  local qty_s = args[4]
+  local qty, limit = tonumber(qty_s), 0
+  if t[4] ~= '0' then limit = tonumber(t[4]) end
+  if limit > 0 then
+    local bought = num(redis.call('GET', keys[2]))
+    if bought + qty > limit then
+      return decide(keys[3], fp, args[7], { 'limit_reached', 0, math.max(limit - bought, 0) })
     end
   end
 
-  redis.call('HSET', keys[2], 'fp', fp)
-  local seg, short = nil, 'sold_out'
-  if #terms.here > 0 then seg, short = take(keys[1], terms, qty, affinity) end
+  local levels
+  if t[1] == guess then levels = { t[7], t[8] } end
+  local seg, left, local_segs, short = take(keys[1], t[1], qty, args, 9, levels)
   if seg then
-    if terms.limit > 0 then redis.call('INCRBY', keys[3], qty) end
-    local expires = write_reservation(keys[4], keys[5], keys[6], rid, sku, seg, qty, buyer,
-      now, terms.ttl)
-    return decide(keys[2], idem_ttl, { 'ok', 0, rid, seg, expires })
+    if limit > 0 then redis.call('INCRBY', keys[2], qty_s) end
+    local expires = now + tonumber(t[5])
+    write_reservation(keys[3], keys[4], keys[5], rid, args[1], seg, qty_s, args[2], now_s,
+      string.format('%d', expires), fp)
+    return { 'ok', 0, rid, seg, expires, left, t[6] }
   end
-  if terms.segs > #terms.here then
+  if args[12] ~= '*' and tonumber(t[6]) > local_segs then
     -- Other partitions may have stock: hold the buyer's limit while the caller looks there.
-    local hold = 0
-    if terms.limit > 0 then
-      redis.call('INCRBY', keys[3], qty)
-      hold = qty
+    local hold = '0'
+    if limit > 0 then
+      redis.call('INCRBY', keys[2], qty_s)
+      hold = qty_s
     end
-    redis.call('HSET', keys[2], 'state', 'inflight', 'lease', now + lease, 'hold', hold,
-      'short', short)
-    redis.call('PEXPIRE', keys[2], idem_ttl)
-    return { 'fallback', 0, terms.segs }
+    redis.call('HSET', keys[3], 'fp', fp, 'lease', string.format('%d', now + tonumber(args[8])),
+      'hold', hold, 'short', short, 'skip', args[12])
+    redis.call('PEXPIRE', keys[3], args[7])
+    return { 'fallback', 0, t[6], left }
   end
-  return decide(keys[2], idem_ttl, { short, 0 })
+  local reply = decide(keys[3], fp, args[7], { short, 0 })
+  reply[3] = left -- for this answer only: a replay tells nothing of the units left now
+  return reply
 end
 
 -- fc_reserve_at: one fallback step, in a partition B that holds some of the SKU's segments.
 -- Each token's outcome here is final: a reservation, or a skip marker, so a resumed or
 -- concurrent attempt with the same token can never take stock here twice.
 -- KEYS: sku(B) rsv(B) skip(B) events(B) expiries(B)
--- ARGV: sku buyer qty now rid skip_ttl affinity
--- Replies: ok(rid seg expires) | sold_out | insufficient | unknown_sku
+-- ARGV: sku buyer qty now rid skip_ttl affinity guess (as in fc_reserve)
+-- Replies: ok(rid seg expires [left]) | sold_out([left]) | insufficient([left]) | unknown_sku
+--   (`left`: the units left in B afterwards; absent when the outcome was decided before)
 local function fc_reserve_at(keys, args)
-  local sku, buyer, qty, now = args[1], args[2], tonumber(args[3]), now_ms(args[4])
-  local rid, skip_ttl, affinity = args[5], tonumber(args[6]), tonumber(args[7])
+  local rid = args[5]
   local existing = redis.call('HMGET', keys[2], 'seg', 'expires', 'buyer')
   if existing[1] then
-    if existing[3] ~= buyer then return redis.error_reply('token collision on ' .. rid) end
-    return { 'ok', 1, rid, existing[1], existing[2] }
+    if existing[3] ~= args[2] then return redis.error_reply('token collision on ' .. rid) end
+    return { 'ok', 1, rid, existing[1], tonumber(existing[2]) }
   end
   local skipped = redis.call('GET', keys[3])
   if skipped then return { skipped, 1 } end
-  local terms = sku_terms(keys[1])
-  if not terms then return { 'unknown_sku', 0 } end
-  local seg, short = nil, 'sold_out'
-  if #terms.here > 0 then seg, short = take(keys[1], terms, qty, affinity) end
+  local guess = args[8]
+  local t = redis.call('HMGET', keys[1], 'ttl', 'here', 'a' .. guess, 'r' .. guess)
+  if not t[1] then return { 'unknown_sku', 0 } end
+  local qty_s = args[3]
+  local levels
+  if t[2] == guess then levels = { t[3], t[4] } end
+  local seg, left, _, short = take(keys[1], t[2], tonumber(qty_s), args, 7, levels)
   if not seg then
-    redis.call('SET', keys[3], short, 'PX', skip_ttl)
-    return { short, 0 }
+    redis.call('SET', keys[3], short, 'PX', args[6])
+    return { short, 0, left }
   end
-  local expires = write_reservation(keys[2], keys[4], keys[5], rid, sku, seg, qty, buyer,
-    now, terms.ttl)
-  return { 'ok', 0, rid, seg, expires }
+  local now, now_s = clock(args[4])
+  local expires = now + tonumber(t[1])
+  write_reservation(keys[2], keys[4], keys[5], rid, args[1], seg, qty_s, args[2], now_s,
+    string.format('%d', expires), nil)
+  return { 'ok', 0, rid, seg, expires, left }
 end
 
--- fc_reserve_finish: closes a fallback in the buyer's home partition H. A failed search
--- gives the held limit back. Idempotent: only the first finish of a token decides.
--- KEYS: idem(H) purchases(H)
+-- fc_reserve_finish: closes a fallback in the request's record rec(H). A failed search gives
+-- the held limit back. Idempotent: only the first finish of a token decides.
+-- KEYS: rec(H) purchases(H)
 -- ARGV: code rid seg expires idem_ttl
 local function fc_reserve_finish(keys, args)
-  local rec = redis.call('HMGET', keys[1], 'state', 'reply', 'hold', 'short')
+  local rec = redis.call('HMGET', keys[1], 'fp', 'decided', 'hold', 'short')
   if not rec[1] then return { 'unknown', 0 } end
-  if rec[1] == 'done' then return replay(rec[2]) end
+  if rec[2] then return replay(rec[2]) end
   local code = args[1]
   local reply
   if code == 'ok' then
-    reply = { 'ok', 0, args[2], args[3], tonumber(args[4]) }
+    reply = { 'ok', 0, args[2], args[3], args[4] }
   else
-    if num(rec[3]) > 0 then redis.call('DECRBY', keys[2], num(rec[3])) end
+    if num(rec[3]) > 0 then redis.call('DECRBY', keys[2], rec[3]) end
     -- Some units somewhere, but fewer than asked, is 'insufficient'; none anywhere 'sold_out'.
     if code ~= 'insufficient' and rec[4] ~= 'insufficient' then code = 'sold_out' else
       code = 'insufficient' end
     reply = { code, 0 }
   end
-  redis.call('HDEL', keys[1], 'lease', 'hold', 'short')
-  return decide(keys[1], tonumber(args[5]), reply)
+  redis.call('HDEL', keys[1], 'lease', 'hold', 'short', 'skip')
+  return decide(keys[1], rec[1], args[5], reply)
 end
 
 -- fc_release: gives a reservation's stock back (expired, or cancelled by the buyer).
@@ -207,7 +326,7 @@ end
 -- Replies: released(qty) | not_due(expires) | not_active(state) | unknown_reservation
 local function fc_release(keys, args)
   local rid, reason, now, keep = args[1], args[2], now_ms(args[3]), tonumber(args[4])
-  local r = redis.call('HMGET', keys[2], 'state', 'seg', 'qty', 'expires', 'sku', 'id', 'buyer')
+  local r = redis.call('HMGET', keys[2], 'state', 'seg', 'qty', 'expires', 'buyer')
   if not r[1] then return { 'unknown_reservation', 0 } end
   if r[1] ~= 'active' then return { 'not_active', 0, r[1] } end
   if reason == 'expired' and num(r[4]) > now then return { 'not_due', 0, num(r[4]) } end
@@ -217,8 +336,8 @@ local function fc_release(keys, args)
   redis.call('HSET', keys[2], 'state', reason)
   redis.call('PEXPIRE', keys[2], keep)
   redis.call('ZREM', keys[4], rid)
-  redis.call('XADD', keys[3], '*', 'type', 'reservation.released', 'at', now, 'sku', r[5],
-    'rsv', r[6], 'seg', seg, 'qty', qty, 'buyer', r[7], 'reason', reason)
+  redis.call('XADD', keys[3], '*', 'type', 'reservation.released', 'at', now,
+    'sku', sku_of(rid), 'rsv', rid, 'seg', seg, 'qty', qty, 'buyer', r[5], 'reason', reason)
   return { 'released', 0, qty }
 end
 
@@ -242,26 +361,26 @@ local function fc_order_create(keys, args)
     if rec ~= fp then return { 'idem_mismatch', 0 } end
     return order_reply(keys[3], 1)
   end
-  local r = redis.call('HMGET', keys[2], 'state', 'seg', 'qty', 'expires', 'sku', 'id', 'buyer')
-  if not r[1] or r[7] ~= buyer then return { 'unknown_reservation', 0 } end
+  local r = redis.call('HMGET', keys[2], 'state', 'seg', 'qty', 'expires', 'buyer')
+  if not r[1] or r[5] ~= buyer then return { 'unknown_reservation', 0 } end
   if r[1] == 'ordered' then return { 'already_ordered', 0, oid } end
   if r[1] ~= 'active' or num(r[4]) <= now then return { 'reservation_gone', 0 } end
   local terms = sku_terms(keys[1])
-  local seg, qty = r[2], tonumber(r[3])
+  local seg, qty, sku = r[2], tonumber(r[3]), sku_of(rid)
   local amount = terms.price * qty
   local deadline = now + terms.paywin
   redis.call('HINCRBY', keys[1], 'r' .. seg, -qty)
   redis.call('HINCRBY', keys[1], 'o' .. seg, qty)
   redis.call('HSET', keys[2], 'state', 'ordered')
   redis.call('ZREM', keys[6], rid)
-  redis.call('HSET', keys[3], 'id', oid, 'rsv', r[6], 'sku', r[5], 'seg', seg, 'qty', qty,
+  redis.call('HSET', keys[3], 'id', oid, 'rsv', rid, 'sku', sku, 'seg', seg, 'qty', qty,
     'buyer', buyer, 'amount', amount, 'cur', terms.cur, 'state', 'pending_payment',
     'deadline', deadline, 'created', now)
   redis.call('ZADD', keys[7], deadline, oid)
   redis.call('HSET', keys[4], 'fp', fp, 'oid', oid)
   redis.call('PEXPIRE', keys[4], idem_ttl)
-  redis.call('XADD', keys[5], '*', 'type', 'order.created', 'at', now, 'sku', r[5], 'ord', oid,
-    'rsv', r[6], 'seg', seg, 'qty', qty, 'buyer', buyer, 'amount', amount, 'currency', terms.cur,
+  redis.call('XADD', keys[5], '*', 'type', 'order.created', 'at', now, 'sku', sku, 'ord', oid,
+    'rsv', rid, 'seg', seg, 'qty', qty, 'buyer', buyer, 'amount', amount, 'currency', terms.cur,
     'deadline', deadline)
   return order_reply(keys[3], 0)
 end
@@ -386,19 +505,22 @@ local function fc_load(keys, args)
     return { 'conflict', 0 }
   end
   local now = now_ms(args[14])
-  local here = {}
-  local fields = { 'fp', args[2], 'stock', args[3], 'segs', args[4], 'price', args[5],
-    'cur', args[6], 'start', args[7], 'end', args[8], 'limit', args[9], 'ttl', args[10],
-    'paywin', args[11], 'parts', args[12] }
+  local here, levels = {}, {}
   for seg, initial in string.gmatch(args[13], '(%d+):(%d+)') do
     here[#here + 1] = seg
-    for _, f in ipairs({ 'i' .. seg, initial, 'a' .. seg, initial, 'r' .. seg, 0, 'o' .. seg, 0,
-      's' .. seg, 0 }) do
-      fields[#fields + 1] = f
+    for _, f in ipairs({ 'a' .. seg, initial, 'r' .. seg, 0, 'o' .. seg, 0, 's' .. seg, 0,
+      'i' .. seg, initial }) do
+      levels[#levels + 1] = f
     end
   end
-  fields[#fields + 1] = 'here'
-  fields[#fields + 1] = table.concat(here, ',')
+  -- A small hash is a list searched from its head: what every reserve reads comes first.
+  local fields = { 'here', table.concat(here, ','), 'start', args[7], 'end', args[8],
+    'limit', args[9], 'ttl', args[10], 'segs', args[4] }
+  for _, f in ipairs(levels) do fields[#fields + 1] = f end
+  for _, f in ipairs({ 'fp', args[2], 'stock', args[3], 'price', args[5], 'cur', args[6],
+    'paywin', args[11], 'parts', args[12] }) do
+    fields[#fields + 1] = f
+  end
   redis.call('HSET', keys[1], unpack(fields))
   redis.call('XADD', keys[2], '*', 'type', 'sku.loaded', 'at', now, 'sku', args[1],
     'stock', args[3], 'segs', args[4], 'segments', args[13], 'price', args[5],
@@ -418,28 +540,6 @@ local function fc_due(keys, args)
   return out
 end
 
--- fc_rate: a token bucket. Refills continuously; a request costs `cost` tokens.
--- KEYS: bucket
--- ARGV: capacity refill_per_second cost now
--- Reply: allowed(0|1) remaining retry_after_ms
-local function fc_rate(keys, args)
-  local capacity, rate, cost = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
-  local now = now_ms(args[4])
-  local b = redis.call('HMGET', keys[1], 'tokens', 'ts')
-  local tokens, ts = tonumber(b[1]) or capacity, tonumber(b[2]) or now
-  tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate / 1000)
-  local allowed, retry = 0, 0
-  if tokens >= cost then
-    tokens = tokens - cost
-    allowed = 1
-  else
-    retry = math.ceil((cost - tokens) * 1000 / rate)
-  end
-  redis.call('HSET', keys[1], 'tokens', tostring(tokens), 'ts', now)
-  redis.call('PEXPIRE', keys[1], math.ceil(capacity * 1000 / rate) + 1000)
-  return { 'ok', 0, allowed, math.floor(tokens), retry }
-end
-
 local function fc_version(_keys, _args)
   return VERSION
 end
@@ -457,5 +557,4 @@ redis.register_function('fc_refund', fc_refund)
 redis.register_function { function_name = 'fc_stock', callback = fc_stock, flags = ro }
 redis.register_function('fc_load', fc_load)
 redis.register_function { function_name = 'fc_due', callback = fc_due, flags = ro }
-redis.register_function('fc_rate', fc_rate)
 redis.register_function { function_name = 'fc_version', callback = fc_version, flags = ro }

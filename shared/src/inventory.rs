@@ -4,7 +4,11 @@
 //! Each operation is one `FCALL` into one partition, except a reserve whose buyer's home
 //! partition is short of stock: it then visits the SKU's other partitions in a fixed order
 //! ([`KeySchema::fallback_order`]) and closes in the home partition (see `fc_reserve` in the
-//! library for why that never takes stock twice).
+//! library for why that never takes stock twice). A caller that knows which partitions are
+//! empty says so ([`StockHint`]): the reserve skips them, and answers from the home partition
+//! alone when they are all of them.
+
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 
@@ -39,18 +43,36 @@ impl Now {
     }
 }
 
-/// Retention and lease settings.
+/// Retention, lease and rate settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
     /// How long idempotency records (and fallback skip markers) live: 24 h by default.
     pub idempotency_ttl_ms: u64,
-    /// How long a reserve that is looking in other partitions owns its key before a retry
-    /// may resume it.
+    /// How long a reserve that is looking in other partitions owns its key: a retry meanwhile
+    /// is told the key is in flight (409), after it resumes the search. With 0 a retry resumes
+    /// at once, so a search that found units needs no closing call at home (the reservation
+    /// it found is what a resume finds): the edge's setting (see [`Settings::edge`]).
     pub fallback_lease_ms: u64,
     /// How long payment provider event ids are remembered.
     pub psp_event_ttl_ms: u64,
     /// How long released reservation records are kept.
     pub released_keep_ms: u64,
+    /// The buyer's token bucket every reserve draws one token from (in the same call, in the
+    /// buyer's home partition); `None` turns it off. Off by default: the edge sets it.
+    pub buyer_rate: Option<RateLimit>,
+}
+
+impl Settings {
+    /// What an edge node runs with: the buyers' token bucket, and searches that end where
+    /// they find units, so a deduct whose home partition is short costs two calls when the
+    /// caller's [`StockHint`] leads it straight to a partition with units.
+    pub fn edge(buyer_rate: Option<RateLimit>) -> Self {
+        Self {
+            fallback_lease_ms: 0,
+            buyer_rate,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for Settings {
@@ -60,6 +82,7 @@ impl Default for Settings {
             fallback_lease_ms: 5_000,
             psp_event_ttl_ms: 30 * 24 * 3_600_000,
             released_keep_ms: 7 * 24 * 3_600_000,
+            buyer_rate: None,
         }
     }
 }
@@ -303,24 +326,20 @@ impl StockLevels {
     }
 }
 
-/// A token bucket's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateDecision {
-    /// Whether the request may go ahead.
-    pub allowed: bool,
-    /// Whole tokens left.
-    pub remaining: u64,
-    /// When a refused request may retry, ms.
-    pub retry_after_ms: u64,
-}
-
 /// A token bucket's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     /// Burst size.
     pub capacity: u64,
-    /// Tokens added per second.
+    /// Tokens added per second (at most 1 000: the bucket keeps time in ms).
     pub refill_per_second: u64,
+}
+
+impl RateLimit {
+    /// The µs a token takes to come back.
+    fn step_us(self) -> u64 {
+        (1_000_000 / self.refill_per_second.max(1)).max(1_000)
+    }
 }
 
 /// What the first step of a reserve decided.
@@ -333,7 +352,33 @@ pub enum HomeStep {
     LookElsewhere {
         /// The SKU's segment count, to list its partitions.
         segments: u16,
+        /// Partitions not to visit: the ones the caller believed empty (kept with the request,
+        /// so a resumed search skips the same ones).
+        skip: Vec<Partition>,
     },
+}
+
+/// What a caller believes about a SKU's partitions before a reserve: those it saw empty
+/// lately. The reserve does not visit them, and when they are every partition of the SKU
+/// but the buyer's home, the home partition decides alone. A wrong belief costs stock that is
+/// not offered (until the caller learns better), never stock taken twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockHint {
+    /// The SKU's segment count, when known (needed to tell "every partition").
+    pub segments: Option<u16>,
+    /// Partitions believed to have no units left.
+    pub empty: BTreeSet<Partition>,
+}
+
+/// A reserve's outcome, and what it saw of the SKU on the way (for the caller's hints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    /// The outcome.
+    pub result: Result<Reservation>,
+    /// The SKU's segment count, when a reply told it.
+    pub segments: Option<u16>,
+    /// Units left in each partition a reply reported on, after this reserve.
+    pub seen: Vec<(Partition, u64)>,
 }
 
 /// What one partition of a fallback search answered.
@@ -384,6 +429,18 @@ impl Reply {
             .ok_or_else(|| bad_reply(&format!("{}: field {i}", self.code)))
     }
 
+    /// Field `i` when the reply has it (optional trailing fields).
+    fn optional_uint(&self, i: usize) -> Option<u64> {
+        self.fields
+            .get(i)
+            .and_then(Value::int)
+            .and_then(|n| u64::try_from(n).ok())
+    }
+
+    fn optional_text(&self, i: usize) -> Option<String> {
+        self.fields.get(i).and_then(Value::text)
+    }
+
     fn unexpected(&self) -> Rejection {
         bad_reply(&format!("unexpected code {}", self.code))
     }
@@ -420,6 +477,11 @@ impl<E: RedisExecutor> Inventory<E> {
     /// The key schema in use.
     pub fn schema(&self) -> &KeySchema {
         &self.schema
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The executor.
@@ -535,17 +597,67 @@ impl<E: RedisExecutor> Inventory<E> {
     /// Reserves stock: the deduct. Replays with the same key answer the first decision.
     ///
     /// # Errors
-    /// The rejections of the deduct contract: sold out, insufficient, limit reached, unknown
-    /// SKU, not on sale, sale ended, idempotency mismatch or in flight, unavailable.
+    /// The rejections of the deduct contract: sold out, insufficient, limit reached, rate
+    /// limited, unknown SKU, not on sale, sale ended, idempotency mismatch or in flight,
+    /// unavailable.
     pub async fn reserve(&self, req: &ReserveRequest, now: Now) -> Result<Reservation> {
-        let segments = match self.reserve_at_home(req, now).await? {
-            HomeStep::Decided(reservation) => return Ok(reservation),
-            HomeStep::LookElsewhere { segments } => segments,
-        };
+        self.reserve_hinted(req, &StockHint::default(), now)
+            .await
+            .result
+    }
+
+    /// [`Self::reserve`] with the caller's belief about empty partitions, reporting what it
+    /// saw. One call when the home partition has the units or (with a hint that every other
+    /// partition is empty) decides alone; else one more per partition visited, and a last one
+    /// at home unless the search found units with no lease (see
+    /// [`Settings::fallback_lease_ms`]).
+    pub async fn reserve_hinted(
+        &self,
+        req: &ReserveRequest,
+        hint: &StockHint,
+        now: Now,
+    ) -> Reserved {
+        let mut seen = Vec::new();
+        let mut segments = hint.segments;
+        let result = self
+            .reserve_seeing(req, hint, now, &mut seen, &mut segments)
+            .await;
+        Reserved {
+            result,
+            segments,
+            seen,
+        }
+    }
+
+    async fn reserve_seeing(
+        &self,
+        req: &ReserveRequest,
+        hint: &StockHint,
+        now: Now,
+        seen: &mut Vec<(Partition, u64)>,
+        segments_seen: &mut Option<u16>,
+    ) -> Result<Reservation> {
         let home = self.schema.home_of_buyer(&req.buyer);
+        let skip = self.skip_arg(&req.sku, hint, home);
+        let (step, at_home) = self.home_step(req, &skip, now).await;
+        if let Some(left) = at_home.left {
+            seen.push((home, left));
+        }
+        *segments_seen = at_home.segments.or(*segments_seen);
+        let (segments, skip) = match step? {
+            HomeStep::Decided(reservation) => return Ok(reservation),
+            HomeStep::LookElsewhere { segments, skip } => (segments, skip),
+        };
         let mut search = Search::SoldOut;
         for p in self.schema.fallback_order(&req.sku, segments, home) {
-            match self.reserve_in(req, p, now).await? {
+            if skip.contains(&p) {
+                continue;
+            }
+            let (found, left) = self.search_in(req, p, now).await?;
+            if let Some(left) = left {
+                seen.push((p, left));
+            }
+            match found {
                 found @ Search::Found(_) => {
                     search = found;
                     break;
@@ -554,28 +666,63 @@ impl<E: RedisExecutor> Inventory<E> {
                 Search::SoldOut => {}
             }
         }
-        self.reserve_finish(req, &search).await
+        match search {
+            // No lease: a retry resumes the search and finds this reservation itself.
+            Search::Found(reservation) if self.settings.fallback_lease_ms == 0 => Ok(reservation),
+            search => self.reserve_finish(req, &search).await,
+        }
     }
 
-    /// Step 1 of a reserve, in the buyer's home partition: idempotency, sale window, limit,
-    /// and the local segments, in one call. Exposed so tests can stop a reserve midway.
+    /// The `skip` argument of `fc_reserve`: the SKU's partitions (but home) believed empty,
+    /// or `*` when that is all of them.
+    fn skip_arg(&self, sku: &SkuId, hint: &StockHint, home: Partition) -> String {
+        let Some(segments) = hint.segments else {
+            return String::new();
+        };
+        let others = self.schema.fallback_order(sku, segments, home);
+        let empty: Vec<String> = others
+            .iter()
+            .filter(|p| hint.empty.contains(p))
+            .map(|p| p.index().to_string())
+            .collect();
+        if !others.is_empty() && empty.len() == others.len() {
+            "*".into()
+        } else {
+            empty.join(",")
+        }
+    }
+
+    /// Step 1 of a reserve, in the buyer's home partition: idempotency, sale window, rate,
+    /// limit, and the local segments, in one call. Exposed so tests can stop a reserve midway.
     ///
     /// # Errors
     /// As [`Self::reserve`].
     pub async fn reserve_at_home(&self, req: &ReserveRequest, now: Now) -> Result<HomeStep> {
+        self.home_step(req, "", now).await.0
+    }
+
+    async fn home_step(
+        &self,
+        req: &ReserveRequest,
+        skip: &str,
+        now: Now,
+    ) -> (Result<HomeStep>, Sighting) {
         let home = self.schema.home_of_buyer(&req.buyer);
-        let token = HoldToken::derive(&req.buyer, &req.key);
-        let rid = ReservationId::new(home, token, req.sku.clone());
+        let rid = home_record(req, home);
+        let (capacity, step_us) = self
+            .settings
+            .buyer_rate
+            .map_or((0, 0), |r| (r.capacity, r.step_us()));
         let reply = self
             .fcall(
                 "fc_reserve",
                 vec![
                     self.schema.sku(home, &req.sku),
-                    self.schema.idempotency(home, "rsv", &req.buyer, &req.key),
                     self.schema.purchase_count(&req.sku, &req.buyer),
                     self.schema.reservation(&rid),
                     self.schema.events(home),
                     self.schema.expiries(home),
+                    self.schema.buyer_bucket(&req.buyer),
                 ],
                 vec![
                     req.sku.to_string(),
@@ -587,14 +734,16 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.settings.idempotency_ttl_ms.to_string(),
                     self.settings.fallback_lease_ms.to_string(),
                     affinity_of(&req.buyer).to_string(),
+                    capacity.to_string(),
+                    step_us.to_string(),
+                    skip.to_owned(),
+                    self.schema.first_segment_in(&req.sku, home).to_string(),
                 ],
             )
-            .await?;
-        match reply.code.as_str() {
-            "fallback" | "resume" => Ok(HomeStep::LookElsewhere {
-                segments: u16::try_from(reply.uint(0)?).map_err(|_| reply.unexpected())?,
-            }),
-            _ => reservation_from(&reply).map(HomeStep::Decided),
+            .await;
+        match reply {
+            Ok(reply) => (home_outcome(&reply, skip), Sighting::of_home(&reply)),
+            Err(e) => (Err(e), Sighting::default()),
         }
     }
 
@@ -604,6 +753,15 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// Unavailable.
     pub async fn reserve_in(&self, req: &ReserveRequest, p: Partition, now: Now) -> Result<Search> {
+        Ok(self.search_in(req, p, now).await?.0)
+    }
+
+    async fn search_in(
+        &self,
+        req: &ReserveRequest,
+        p: Partition,
+        now: Now,
+    ) -> Result<(Search, Option<u64>)> {
         let token = HoldToken::derive(&req.buyer, &req.key);
         let rid = ReservationId::new(p, token.clone(), req.sku.clone());
         let reply = self
@@ -624,14 +782,19 @@ impl<E: RedisExecutor> Inventory<E> {
                     rid.to_string(),
                     self.settings.idempotency_ttl_ms.to_string(),
                     affinity_of(&req.buyer).to_string(),
+                    self.schema.first_segment_in(&req.sku, p).to_string(),
                 ],
             )
             .await?;
         match reply.code.as_str() {
-            "ok" => reservation_from(&reply).map(Search::Found),
-            "insufficient" => Ok(Search::Insufficient),
+            "ok" => Ok((
+                Search::Found(reservation_from(&reply)?),
+                reply.optional_uint(3),
+            )),
+            "insufficient" => Ok((Search::Insufficient, reply.optional_uint(0))),
+            "sold_out" => Ok((Search::SoldOut, reply.optional_uint(0))),
             // A partition not loaded yet (a load under way) has nothing to give.
-            "sold_out" | "unknown_sku" => Ok(Search::SoldOut),
+            "unknown_sku" => Ok((Search::SoldOut, None)),
             _ => Err(reply.unexpected()),
         }
     }
@@ -646,7 +809,7 @@ impl<E: RedisExecutor> Inventory<E> {
         req: &ReserveRequest,
         search: &Search,
     ) -> Result<Reservation> {
-        let home = self.schema.home_of_buyer(&req.buyer);
+        let record = home_record(req, self.schema.home_of_buyer(&req.buyer));
         let mut args = match search {
             Search::Found(r) => vec![
                 "ok".into(),
@@ -672,7 +835,7 @@ impl<E: RedisExecutor> Inventory<E> {
             .fcall(
                 "fc_reserve_finish",
                 vec![
-                    self.schema.idempotency(home, "rsv", &req.buyer, &req.key),
+                    self.schema.reservation(&record),
                     self.schema.purchase_count(&req.sku, &req.buyer),
                 ],
                 args,
@@ -940,6 +1103,22 @@ impl<E: RedisExecutor> Inventory<E> {
         Ok(StockLevels { terms, segments })
     }
 
+    /// Units free to reserve in one partition of the SKU (one read-only call): how a node
+    /// checks, cheaply, that a partition it saw empty still is.
+    ///
+    /// # Errors
+    /// [`Rejection::UnknownSku`], or unavailable.
+    pub async fn available_in(&self, sku: &SkuId, p: Partition) -> Result<u64> {
+        let reply = self
+            .fcall("fc_stock", vec![self.schema.sku(p, sku)], vec![])
+            .await?;
+        match reply.code.as_str() {
+            "ok" => Ok(levels_from(&reply, p)?.iter().map(|s| s.available).sum()),
+            "unknown_sku" => Err(Rejection::UnknownSku),
+            _ => Err(reply.unexpected()),
+        }
+    }
+
     /// Reservations in `partition` whose expiry has passed, oldest first.
     ///
     /// # Errors
@@ -991,40 +1170,6 @@ impl<E: RedisExecutor> Inventory<E> {
             .collect()
     }
 
-    /// Takes `cost` tokens from the bucket `name` in `partition`.
-    ///
-    /// # Errors
-    /// Unavailable.
-    pub async fn take_tokens(
-        &self,
-        partition: Partition,
-        name: &str,
-        limit: RateLimit,
-        cost: u64,
-        now: Now,
-    ) -> Result<RateDecision> {
-        let reply = self
-            .fcall(
-                "fc_rate",
-                vec![self.schema.rate_bucket(partition, name)],
-                vec![
-                    limit.capacity.to_string(),
-                    limit.refill_per_second.max(1).to_string(),
-                    cost.to_string(),
-                    now.arg(),
-                ],
-            )
-            .await?;
-        if reply.code != "ok" {
-            return Err(reply.unexpected());
-        }
-        Ok(RateDecision {
-            allowed: reply.uint(0)? == 1,
-            remaining: reply.uint(1)?,
-            retry_after_ms: reply.uint(2)?,
-        })
-    }
-
     fn check_partition(&self, p: Partition) -> Result<Partition> {
         if self.schema.contains(p) {
             Ok(p)
@@ -1035,6 +1180,16 @@ impl<E: RedisExecutor> Inventory<E> {
             )))
         }
     }
+}
+
+/// The id of the reservation a request makes in its buyer's home partition `home`; its key
+/// holds the request's record whatever the request decided (see `fc_reserve`).
+fn home_record(req: &ReserveRequest, home: Partition) -> ReservationId {
+    ReservationId::new(
+        home,
+        HoldToken::derive(&req.buyer, &req.key),
+        req.sku.clone(),
+    )
 }
 
 fn affinity_of(buyer: &BuyerId) -> u32 {
@@ -1091,6 +1246,68 @@ fn levels_from(reply: &Reply, p: Partition) -> Result<Vec<SegmentLevel>> {
         .collect()
 }
 
+/// What a home step's reply told about the home partition.
+#[derive(Debug, Default)]
+struct Sighting {
+    /// Units left there afterwards (fresh decisions only: a replay tells nothing of now).
+    left: Option<u64>,
+    /// The SKU's segment count.
+    segments: Option<u16>,
+}
+
+impl Sighting {
+    fn of_home(reply: &Reply) -> Self {
+        let segments = |i: usize| reply.optional_uint(i).and_then(|n| u16::try_from(n).ok());
+        match reply.code.as_str() {
+            // ok(rid seg expires left segs); a replay carries the first three only.
+            "ok" => Self {
+                left: reply.optional_uint(3),
+                segments: segments(4),
+            },
+            // fallback(segs left), resume(segs skip)
+            "fallback" => Self {
+                left: reply.optional_uint(1),
+                segments: segments(0),
+            },
+            "resume" => Self {
+                left: None,
+                segments: segments(0),
+            },
+            // A decision without stock at home: sold_out(left), insufficient(left).
+            "sold_out" | "insufficient" if !reply.replayed => Self {
+                left: reply.optional_uint(0),
+                segments: None,
+            },
+            _ => Self::default(),
+        }
+    }
+}
+
+/// The outcome of `fc_reserve`'s reply. `skip` is the argument the call was made with.
+fn home_outcome(reply: &Reply, skip: &str) -> Result<HomeStep> {
+    let segments = |i| u16::try_from(reply.uint(i)?).map_err(|_| reply.unexpected());
+    match reply.code.as_str() {
+        "fallback" => Ok(HomeStep::LookElsewhere {
+            segments: segments(0)?,
+            skip: parse_skip(skip).ok_or_else(|| reply.unexpected())?,
+        }),
+        "resume" => Ok(HomeStep::LookElsewhere {
+            segments: segments(0)?,
+            skip: parse_skip(&reply.optional_text(1).unwrap_or_default())
+                .ok_or_else(|| reply.unexpected())?,
+        }),
+        _ => reservation_from(reply).map(HomeStep::Decided),
+    }
+}
+
+/// A `skip` list as `fc_reserve` keeps it: partition numbers joined by commas.
+fn parse_skip(skip: &str) -> Option<Vec<Partition>> {
+    skip.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().ok().map(Partition::new))
+        .collect()
+}
+
 fn reservation_from(reply: &Reply) -> Result<Reservation> {
     match reply.code.as_str() {
         "ok" => Ok(Reservation {
@@ -1111,6 +1328,11 @@ fn reservation_from(reply: &Reply) -> Result<Reservation> {
         "sale_ended" => Err(Rejection::SaleEnded),
         "idem_mismatch" => Err(Rejection::IdempotencyMismatch),
         "in_flight" => Err(Rejection::IdempotencyInFlight),
+        // rate_limited(remaining retry_after_ms): a refusal finds less than one token, so
+        // `remaining` is 0 with a cost of 1.
+        "rate_limited" => Err(Rejection::RateLimited {
+            retry_after_ms: reply.uint(1)?,
+        }),
         _ => Err(reply.unexpected()),
     }
 }

@@ -123,6 +123,15 @@ impl KeySchema {
         Partition(((home + u32::from(segment)) % u32::from(self.partitions)) as u16)
     }
 
+    /// The lowest segment number partition `p` can hold: the one segment it holds, if any,
+    /// when the SKU has no more segments than partitions (the default). The inverse of
+    /// [`Self::segment_partition`] for such SKUs.
+    pub fn first_segment_in(&self, sku: &SkuId, p: Partition) -> u16 {
+        let home = u32::from(self.home_of_sku(sku).0);
+        let parts = u32::from(self.partitions);
+        ((u32::from(p.0) + parts - home) % parts) as u16
+    }
+
     /// The distinct partitions holding the SKU's `segments` segments, in segment order.
     pub fn sku_partitions(&self, sku: &SkuId, segments: u16) -> Vec<Partition> {
         let count = segments.min(self.partitions);
@@ -149,7 +158,8 @@ impl KeySchema {
         format!("{}:sku:{}", p.tag(), sku)
     }
 
-    /// A reservation record (or its "visited, nothing here" marker, see [`Self::skip`]).
+    /// A reservation record. In the buyer's home partition it is also the record of the
+    /// request that made it (idempotency), whatever that request decided.
     pub fn reservation(&self, id: &ReservationId) -> String {
         format!("{}:rsv:{}", id.partition().tag(), id.token().as_str())
     }
@@ -201,9 +211,10 @@ impl KeySchema {
         format!("{}:deadlines", p.tag())
     }
 
-    /// A token bucket for rate limiting, in partition `p`.
-    pub fn rate_bucket(&self, p: Partition, name: &str) -> String {
-        format!("{}:rate:{name}", p.tag())
+    /// A buyer's token bucket for deducts (in the buyer's home partition, beside the records
+    /// a reserve starts with, so the bucket costs no call of its own).
+    pub fn buyer_bucket(&self, buyer: &BuyerId) -> String {
+        format!("{}:rate:buyer:{}", self.home_of_buyer(buyer).tag(), buyer)
     }
 }
 
@@ -244,6 +255,19 @@ mod tests {
         distinct.dedup();
         assert_eq!(distinct.len(), 16);
         assert_eq!(parts[0], schema.home_of_sku(&sku("drop-1")));
+    }
+
+    #[test]
+    fn first_segment_in_inverts_segment_partition() {
+        let schema = KeySchema::default();
+        let s = sku("drop-1");
+        for segment in 0..16 {
+            let p = schema.segment_partition(&s, segment);
+            assert_eq!(schema.first_segment_in(&s, p), segment);
+        }
+        // With more segments than partitions, partition p also holds first + 16, first + 32…
+        let p = schema.segment_partition(&s, 20);
+        assert_eq!(schema.first_segment_in(&s, p), 4);
     }
 
     #[test]

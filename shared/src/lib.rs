@@ -9,7 +9,7 @@
 //! - [`order`]: the order state machine, a pure function
 //! - [`problem`]: RFC 9457 problem details and the domain's rejections
 //! - [`library`]: the Redis function library (Lua) and its version
-//! - [`inventory`]: the operations (load, reserve, order, pay, cancel, release, stock, rate)
+//! - [`inventory`]: the operations (load, reserve, order, pay, cancel, release, stock)
 //! - [`signature`]: the payment provider's webhook signature (Stripe-compatible)
 //! - [`event`]: the events each decision appends to its partition's stream
 //! - [`exec`]: the one door to Redis

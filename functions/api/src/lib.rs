@@ -17,12 +17,12 @@ use flashcart_core::ids::{
     BuyerId, Currency, IdempotencyKey, OrderId, PspEventId, Quantity, ReservationId, SkuId,
 };
 use flashcart_core::inventory::{
-    LoadOutcome, OrderRequest, PaymentNotice, RateLimit, ReserveRequest, StockLevels,
+    LoadOutcome, OrderRequest, PaymentNotice, ReserveRequest, Reserved, StockHint, StockLevels,
 };
 use flashcart_core::signature::{self, SigningSecret};
 use flashcart_core::sku::SkuSpec;
-use flashcart_core::{Inventory, Now, RedisExecutor, Rejection};
-use flashcart_edge_cache::{Clock, EdgeCache, KvStore, Lookup};
+use flashcart_core::{Inventory, Now, Partition, RedisExecutor, Rejection};
+use flashcart_edge_cache::{Clock, DeductPlan, EdgeCache, KvStore, Lookup};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +45,8 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// What an edge node is configured with (from Spin variables at the edge).
+/// What an edge node is configured with (from Spin variables at the edge). The buyers' rate
+/// limit is the inventory's ([`flashcart_core::Settings::buyer_rate`]): Redis applies it.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     /// The admin bearer token; without one, admin calls are refused.
@@ -54,8 +55,6 @@ pub struct EdgeConfig {
     pub psp_secrets: Vec<SigningSecret>,
     /// Signature timestamp tolerance, seconds.
     pub signature_tolerance_s: u64,
-    /// Per-buyer token bucket for deducts; `None` turns rate limiting off.
-    pub buyer_rate: Option<RateLimit>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
 }
@@ -66,10 +65,6 @@ impl Default for EdgeConfig {
             admin_token: None,
             psp_secrets: Vec::new(),
             signature_tolerance_s: signature::DEFAULT_TOLERANCE_S,
-            buyer_rate: Some(RateLimit {
-                capacity: 20,
-                refill_per_second: 10,
-            }),
             max_body_bytes: 16 * 1024,
         }
     }
@@ -180,6 +175,18 @@ fn same_secret(given: &str, expected: &Secret) -> bool {
         .is_ok()
 }
 
+/// Sold out, answered from the edge cache without asking Redis.
+fn sold_out_here() -> ApiResponse {
+    ApiResponse::problem(&Rejection::SoldOut).with_header("flashcart-cache", "sold-out")
+}
+
+fn hint_of(segments: Option<u16>, empty: impl IntoIterator<Item = u16>) -> StockHint {
+    StockHint {
+        segments,
+        empty: empty.into_iter().map(Partition::new).collect(),
+    }
+}
+
 fn respond(result: Result<ApiResponse, Rejection>) -> ApiResponse {
     result.unwrap_or_else(|r| ApiResponse::problem(&r))
 }
@@ -286,12 +293,17 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
             )
     }
 
-    /// `POST /v1/stock/{sku}/reservations`: the deduct.
-    pub async fn deduct(&self, req: &ApiRequest) -> ApiResponse {
-        respond(self.deduct_inner(req).await)
+    /// `POST /v1/stock/{sku}/reservations`: the deduct. `request_id` names the request for
+    /// the edge cache's re-check lease.
+    pub async fn deduct(&self, req: &ApiRequest, request_id: &str) -> ApiResponse {
+        respond(self.deduct_inner(req, request_id).await)
     }
 
-    async fn deduct_inner(&self, req: &ApiRequest) -> Result<ApiResponse, Rejection> {
+    async fn deduct_inner(
+        &self,
+        req: &ApiRequest,
+        request_id: &str,
+    ) -> Result<ApiResponse, Rejection> {
         let segs = req
             .segments_after("/v1/stock/")
             .ok_or(Rejection::NotFound)?;
@@ -308,37 +320,44 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         let buyer = BuyerId::parse(&body.buyer_id)?;
         let quantity = Quantity::new(body.quantity)?;
 
-        // Sold out is known here: answer without a Redis call.
-        if self.cache.is_sold_out(sku.as_str()).await.unwrap_or(false) {
-            return Ok(ApiResponse::problem(&Rejection::SoldOut)
-                .with_header("flashcart-cache", "sold-out"));
-        }
-        let mut limit_headers = Vec::new();
-        if let Some(limit) = self.config.buyer_rate {
-            let home = self.inventory.schema().home_of_buyer(&buyer);
-            let d = self
-                .inventory
-                .take_tokens(home, &format!("buyer:{buyer}"), limit, 1, Now::Server)
-                .await?;
-            let window = limit.capacity.div_ceil(limit.refill_per_second.max(1));
-            limit_headers.push((
-                "ratelimit-policy".to_owned(),
-                format!("\"buyer\";q={};w={window}", limit.capacity),
-            ));
-            let reset = d.retry_after_ms.div_ceil(1000);
-            limit_headers.push((
-                "ratelimit".to_owned(),
-                format!("\"buyer\";r={};t={reset}", d.remaining),
-            ));
-            if !d.allowed {
-                let mut resp = ApiResponse::problem(&Rejection::RateLimited {
-                    retry_after_ms: d.retry_after_ms,
-                })
-                .with_header("retry-after", reset.max(1).to_string());
-                resp.headers.extend(limit_headers);
-                return Ok(resp);
+        // What this node knows of the SKU's partitions decides whether Redis is asked at all.
+        let plan = self
+            .cache
+            .plan_deduct(sku.as_str(), request_id)
+            .await
+            .unwrap_or(DeductPlan::Reserve {
+                segments: None,
+                empty: Vec::new(),
+            });
+        let hint = match plan {
+            DeductPlan::SoldOut => return Ok(sold_out_here()),
+            DeductPlan::Probe {
+                partition,
+                segments,
+                empty,
+            } => {
+                match self
+                    .inventory
+                    .available_in(&sku, Partition::new(partition))
+                    .await
+                {
+                    Ok(left) => {
+                        let _ = self.cache.probed(sku.as_str(), partition, left).await;
+                        if left == 0 {
+                            return Ok(sold_out_here());
+                        }
+                        hint_of(
+                            Some(segments),
+                            empty.into_iter().filter(|&p| p != partition),
+                        )
+                    }
+                    // Redis unreachable: the sold-out answer it gave last beats none.
+                    Err(Rejection::Unavailable(_)) => return Ok(sold_out_here()),
+                    Err(e) => return Err(e),
+                }
             }
-        }
+            DeductPlan::Reserve { segments, empty } => hint_of(segments, empty),
+        };
         let request = ReserveRequest {
             sku: sku.clone(),
             buyer,
@@ -346,7 +365,12 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
             key,
             fingerprint: flashcart_core::fingerprint(&req.body),
         };
-        let mut resp = match self.inventory.reserve(&request, Now::Server).await {
+        let reserved = self
+            .inventory
+            .reserve_hinted(&request, &hint, Now::Server)
+            .await;
+        self.learn(&sku, &hint, &reserved).await;
+        let mut resp = match reserved.result {
             Ok(r) => replay_header(
                 ApiResponse::json(
                     201,
@@ -360,14 +384,65 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
                 ),
                 r.replayed,
             ),
-            Err(Rejection::SoldOut) => {
-                let _ = self.cache.mark_sold_out(sku.as_str()).await;
-                ApiResponse::problem(&Rejection::SoldOut)
+            Err(e @ Rejection::RateLimited { retry_after_ms }) => {
+                let reset = retry_after_ms.div_ceil(1000).max(1);
+                // A refusal found less than one token: none left.
+                ApiResponse::problem(&e)
+                    .with_header("retry-after", reset.to_string())
+                    .with_header("ratelimit", format!("\"buyer\";r=0;t={reset}"))
             }
             Err(e) => ApiResponse::problem(&e),
         };
-        resp.headers.extend(limit_headers);
+        if let Some(limit) = self.inventory.settings().buyer_rate {
+            let window = limit.capacity.div_ceil(limit.refill_per_second.max(1));
+            resp = resp.with_header(
+                "ratelimit-policy",
+                format!("\"buyer\";q={};w={window}", limit.capacity),
+            );
+        }
         Ok(resp)
+    }
+
+    /// Tells the edge cache what a reserve saw, when that can change what it knows: a
+    /// partition found empty, one believed empty that has units, the SKU's layout, or a
+    /// sold-out answer.
+    async fn learn(&self, sku: &SkuId, hint: &StockHint, reserved: &Reserved) {
+        let sold_out = reserved.result == Err(Rejection::SoldOut);
+        let news = sold_out
+            || (hint.segments.is_none() && reserved.segments.is_some())
+            || reserved
+                .seen
+                .iter()
+                .any(|(p, left)| *left == 0 || hint.empty.contains(p));
+        if !news {
+            return;
+        }
+        let partitions: Vec<u16> = reserved
+            .segments
+            .map(|n| {
+                self.inventory
+                    .schema()
+                    .sku_partitions(sku, n)
+                    .iter()
+                    .map(|p| p.index())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let seen: Vec<(u16, u64)> = reserved
+            .seen
+            .iter()
+            .map(|(p, left)| (p.index(), *left))
+            .collect();
+        let _ = self
+            .cache
+            .observe(
+                sku.as_str(),
+                reserved.segments,
+                &partitions,
+                &seen,
+                sold_out,
+            )
+            .await;
     }
 
     /// `POST /v1/orders` (create from a reservation) and `GET /v1/orders/{id}`.

@@ -1,10 +1,19 @@
 //! flashcart-spin: what every flashcart edge component shares on Spin (or flashcart's own
 //! host, which implements the same interfaces).
 //!
-//! - [`SpinRedis`]: `spin:redis` `execute` behind the core's [`RedisExecutor`].
-//! - [`SpinKv`]: the node's `default` key-value store behind the edge cache's [`KvStore`].
-//! - [`serve`]: reads the Spin variables, builds the [`Edge`], converts the request, runs one
-//!   [`Operation`], converts the response.
+//! - [`SpinRedis`]: `spin:redis` `execute` behind the core's [`RedisExecutor`], connecting on
+//!   first use.
+//! - [`SpinKv`]: the node's `default` key-value store behind the edge cache's [`KvStore`],
+//!   opened on first use.
+//! - [`serve`]: converts the request, runs one [`Operation`] on the instance's [`Edge`],
+//!   converts the response.
+//!
+//! An instance builds its `Edge` once, for its first request (reading the variables), and
+//! keeps it for the requests the host sends it after that: Spin 4.1 and `wasmtime serve`
+//! reuse an instance for many sequential and concurrent requests. The `Edge` holds no
+//! per-request state, so requests that interleave at await points share it safely. Redis and
+//! the key-value store are opened when a request first needs them: on Spin every Redis open
+//! is a new TCP connection, and a cache hit or a sold-out answer needs none.
 //!
 //! Variables (see `spin.toml`): `redis_address` (required), `admin_token`,
 //! `psp_signing_secrets` (comma-separated, newest first), `partitions` (16),
@@ -12,7 +21,9 @@
 //! `buyer_rate_per_second` (10; 0 turns the limiter off).
 #![deny(missing_docs)]
 
+use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashcart_api::{ApiRequest, ApiResponse, Edge, EdgeConfig, Secret};
@@ -24,26 +35,68 @@ use flashcart_edge_cache::{CacheConfig, Clock, KvError, KvStore};
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::redis::{self as redis3, RedisParameter, RedisResult};
 
-/// `spin:redis` as the core's executor.
-pub struct SpinRedis(redis3::Connection);
+/// `spin:redis` as the core's executor. Connects on the first command and keeps the
+/// connection for the instance's life; a failed command drops it, so the next one reconnects.
+pub struct SpinRedis {
+    address: String,
+    conn: RefCell<Option<Rc<redis3::Connection>>>,
+}
+
+impl SpinRedis {
+    /// An executor for `address` (`redis://host:port`); nothing is opened yet.
+    pub fn new(address: String) -> Self {
+        Self {
+            address,
+            conn: RefCell::new(None),
+        }
+    }
+
+    async fn connection(&self) -> Result<Rc<redis3::Connection>, ExecError> {
+        if let Some(conn) = self.conn.borrow().as_ref() {
+            return Ok(Rc::clone(conn));
+        }
+        let opened = redis3::Connection::open(&self.address)
+            .await
+            .map_err(|e| exec_error(&e))?;
+        // Another request of this instance may have connected meanwhile: keep the first.
+        Ok(Rc::clone(
+            self.conn
+                .borrow_mut()
+                .get_or_insert_with(|| Rc::new(opened)),
+        ))
+    }
+}
+
+fn exec_error(e: &redis3::Error) -> ExecError {
+    let kind = match e {
+        redis3::Error::InvalidAddress | redis3::Error::TooManyConnections => {
+            FailureKind::Connection
+        }
+        redis3::Error::TypeError | redis3::Error::Other(_) => FailureKind::Server,
+    };
+    ExecError {
+        kind,
+        message: format!("{e:?}"),
+    }
+}
 
 impl RedisExecutor for SpinRedis {
     async fn execute(&self, command: &str, args: Vec<String>) -> Result<Vec<Value>, ExecError> {
+        let conn = self.connection().await?;
         let params = args
             .into_iter()
             .map(|a| RedisParameter::Binary(a.into_bytes()));
-        let results = self.0.execute(command, params).await.map_err(|e| {
-            let kind = match e {
-                redis3::Error::InvalidAddress | redis3::Error::TooManyConnections => {
-                    FailureKind::Connection
+        let results = match conn.execute(command, params).await {
+            Ok(results) => results,
+            Err(e) => {
+                // spin:redis does not say whether the connection survived: start afresh.
+                let mut cached = self.conn.borrow_mut();
+                if cached.as_ref().is_some_and(|c| Rc::ptr_eq(c, &conn)) {
+                    *cached = None;
                 }
-                redis3::Error::TypeError | redis3::Error::Other(_) => FailureKind::Server,
-            };
-            ExecError {
-                kind,
-                message: format!("{e:?}"),
+                return Err(exec_error(&e));
             }
-        })?;
+        };
         Ok(results
             .into_iter()
             .map(|r| match r {
@@ -56,21 +109,42 @@ impl RedisExecutor for SpinRedis {
     }
 }
 
-/// The node's `default` key-value store.
-pub struct SpinKv(spin_sdk::key_value::Store);
+/// The node's `default` key-value store, opened on first use and kept for the instance's life.
+#[derive(Default)]
+pub struct SpinKv(RefCell<Option<Rc<spin_sdk::key_value::Store>>>);
+
+impl SpinKv {
+    async fn store(&self) -> Result<Rc<spin_sdk::key_value::Store>, KvError> {
+        if let Some(store) = self.0.borrow().as_ref() {
+            return Ok(Rc::clone(store));
+        }
+        let opened = spin_sdk::key_value::Store::open_default()
+            .await
+            .map_err(|e| KvError(format!("cannot open the key-value store: {e:?}")))?;
+        Ok(Rc::clone(
+            self.0.borrow_mut().get_or_insert_with(|| Rc::new(opened)),
+        ))
+    }
+}
 
 impl KvStore for SpinKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.0.get(key).await.map_err(|e| KvError(format!("{e:?}")))
+        self.store()
+            .await?
+            .get(key)
+            .await
+            .map_err(|e| KvError(format!("{e:?}")))
     }
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.0
+        self.store()
+            .await?
             .set(key, value)
             .await
             .map_err(|e| KvError(format!("{e:?}")))
     }
     async fn delete(&self, key: &str) -> Result<(), KvError> {
-        self.0
+        self.store()
+            .await?
             .delete(key)
             .await
             .map_err(|e| KvError(format!("{e:?}")))
@@ -124,10 +198,11 @@ async fn number(name: &str, default: u64) -> Result<u64, Rejection> {
     }
 }
 
-/// Builds the edge from the component's variables.
+/// Builds the edge from the component's variables. Opens nothing: Redis and the key-value
+/// store connect on first use.
 ///
 /// # Errors
-/// 503 when `redis_address` is missing, a number is malformed, or Redis cannot be opened.
+/// 503 when `redis_address` is missing or a number is malformed.
 pub async fn edge() -> Result<SpinEdge, Rejection> {
     let address = variable("redis_address")
         .await
@@ -137,41 +212,54 @@ pub async fn edge() -> Result<SpinEdge, Rejection> {
     } else {
         format!("redis://{address}")
     };
-    let conn = redis3::Connection::open(&address)
-        .await
-        .map_err(|e| Rejection::Unavailable(format!("cannot open redis: {e:?}")))?;
     let partitions = number("partitions", u64::from(KeySchema::DEFAULT_PARTITIONS)).await?;
     let schema = KeySchema::new(u32::try_from(partitions).unwrap_or(0))
         .map_err(|e| Rejection::Unavailable(format!("variable partitions: {e}")))?;
-    let store = spin_sdk::key_value::Store::open_default()
-        .await
-        .map_err(|e| Rejection::Unavailable(format!("cannot open the key-value store: {e:?}")))?;
     let cache = CacheConfig {
         staleness_ms: number("cache_staleness_ms", 250).await?,
         sold_out_ttl_ms: number("sold_out_ttl_ms", 1_000).await?,
         ..CacheConfig::default()
     };
     let per_second = number("buyer_rate_per_second", 10).await?;
+    let settings = Settings::edge(match per_second {
+        0 => None,
+        _ => Some(RateLimit {
+            capacity: number("buyer_rate_capacity", 20).await?,
+            refill_per_second: per_second,
+        }),
+    });
     let config = EdgeConfig {
         admin_token: variable("admin_token").await.map(Secret::new),
         psp_secrets: variable("psp_signing_secrets")
             .await
             .map(|v| SigningSecret::list(&v))
             .unwrap_or_default(),
-        buyer_rate: (per_second > 0).then_some(RateLimit {
-            capacity: number("buyer_rate_capacity", 20).await?,
-            refill_per_second: per_second,
-        }),
         ..EdgeConfig::default()
     };
-    let inventory = Inventory::new(SpinRedis(conn), schema, Settings::default());
+    let inventory = Inventory::new(SpinRedis::new(address), schema, settings);
     Ok(Edge::new(
         inventory,
-        SpinKv(store),
+        SpinKv::default(),
         WallClock,
         cache,
         config,
     ))
+}
+
+thread_local! {
+    /// This instance's edge, built by its first request (wasm instances are single-threaded).
+    static EDGE: RefCell<Option<Rc<SpinEdge>>> = const { RefCell::new(None) };
+}
+
+/// This instance's edge, built on first use. A failed build is not kept: the next request
+/// tries again.
+async fn instance_edge() -> Result<Rc<SpinEdge>, Rejection> {
+    if let Some(edge) = EDGE.with_borrow(Option::clone) {
+        return Ok(edge);
+    }
+    let built = Rc::new(edge().await?);
+    // Requests interleave at await points: a concurrent first request may have built one too.
+    Ok(EDGE.with_borrow_mut(|edge| Rc::clone(edge.get_or_insert(built))))
 }
 
 /// A request id: the caller's `x-request-id`, or a random one.
@@ -210,13 +298,14 @@ pub async fn serve(req: spin_sdk::http::Request, op: Operation) -> http::Respons
             .collect(),
         body,
     };
-    let edge = match edge().await {
+    let edge = match instance_edge().await {
         Ok(e) => e,
         Err(r) => return render(ApiResponse::problem(&r)),
     };
+    let request_id = request_id(&api);
     let response = match op {
-        Operation::StockCheck => edge.stock_check(&api, &request_id(&api)).await,
-        Operation::Deduct => edge.deduct(&api).await,
+        Operation::StockCheck => edge.stock_check(&api, &request_id).await,
+        Operation::Deduct => edge.deduct(&api, &request_id).await,
         Operation::Orders => edge.orders(&api).await,
         Operation::PaymentCallback => edge.payment_callback(&api).await,
         Operation::Admin => {

@@ -9,7 +9,7 @@ use flashcart_core::{KeySchema, Now};
 
 use crate::node::{
     ADMIN, Kind, Node, NodeOptions, PROBLEM_TYPES, PSP_SECRET, deduct_req, load, now_ms, order_req,
-    payment_req, problem_type,
+    payment_req, problem_type, redis_commands,
 };
 
 /// Admin load → stock check (miss, then cache hit) → deduct (and its replay) → order →
@@ -33,8 +33,14 @@ pub async fn admin_load_stock_deduct_order_pay(kind: Kind) {
             .header_value("cache-control")
             .is_some_and(|c| c.contains("stale-while-revalidate"))
     );
+    let before = redis_commands(n.redis());
     let cached = n.send(ApiRequest::new("GET", "/v1/stock/sneaker")).await;
     assert_eq!(cached.header_value("flashcart-cache"), Some("hit"));
+    assert_eq!(
+        redis_commands(n.redis()),
+        before,
+        "a cache hit reached Redis"
+    );
 
     let rsv = n.send(deduct_req("sneaker", "alice", 2, "k-1")).await;
     assert_eq!(rsv.status, 201, "{rsv:?}");

@@ -7,11 +7,13 @@
 //! - [`contract`]: the whole flow and every problem type
 //! - [`signatures`]: the payment callback's signature checks
 //! - [`flash_sale`]: 2 000 buyers for 50 units, then a burst that never reaches Redis
+//! - [`sell_out`]: what finding the last units and a sold-out crowd cost Redis, counted
 #![deny(missing_docs)]
 
 pub mod contract;
 pub mod flash_sale;
 pub mod node;
+pub mod sell_out;
 pub mod signatures;
 
-pub use node::{HOST_PROBLEM_TYPES, Kind, Node, NodeOptions, PROBLEM_TYPES};
+pub use node::{HOST_PROBLEM_TYPES, Kind, Node, NodeClock, NodeOptions, PROBLEM_TYPES};

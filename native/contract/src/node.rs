@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -79,12 +80,14 @@ pub enum Kind {
 }
 
 /// Per-node settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NodeOptions {
     /// The per-buyer token bucket (`None`: off).
     pub rate: Option<RateLimit>,
-    /// How long the sold-out flag holds.
+    /// How long a sold-out SKU is answered without Redis.
     pub sold_out_ttl_ms: u64,
+    /// The edge cache's clock (in-process only; over HTTP the host's wall clock).
+    pub clock: NodeClock,
 }
 
 impl Default for NodeOptions {
@@ -92,6 +95,37 @@ impl Default for NodeOptions {
         Self {
             rate: None,
             sold_out_ttl_ms: 1_000,
+            clock: NodeClock::Wall,
+        }
+    }
+}
+
+/// The clock an in-process node's edge cache reads. Redis decides with its own clock either way.
+#[derive(Debug, Clone, Default)]
+pub enum NodeClock {
+    /// The wall clock.
+    #[default]
+    Wall,
+    /// A clock the test moves (unix ms).
+    Manual(Arc<AtomicU64>),
+}
+
+impl NodeClock {
+    /// A manual clock starting at the wall clock's now.
+    pub fn manual() -> Self {
+        NodeClock::Manual(Arc::new(AtomicU64::new(now_ms())))
+    }
+
+    /// Moves a manual clock forward.
+    ///
+    /// # Panics
+    /// On the wall clock.
+    pub fn advance(&self, ms: u64) {
+        match self {
+            NodeClock::Manual(t) => {
+                t.fetch_add(ms, Ordering::SeqCst);
+            }
+            NodeClock::Wall => panic!("the wall clock cannot be moved"),
         }
     }
 }
@@ -125,13 +159,12 @@ impl KvStore for MemoryKv {
     }
 }
 
-/// The wall clock.
-#[derive(Clone, Copy)]
-struct SystemClock;
-
-impl Clock for SystemClock {
+impl Clock for NodeClock {
     fn now_ms(&self) -> u64 {
-        now_ms()
+        match self {
+            NodeClock::Wall => now_ms(),
+            NodeClock::Manual(t) => t.load(Ordering::SeqCst),
+        }
     }
 }
 
@@ -142,7 +175,7 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-type InProcessEdge = Edge<RedisConn, MemoryKv, SystemClock>;
+type InProcessEdge = Edge<RedisConn, MemoryKv, NodeClock>;
 
 enum Transport {
     InProcess(InProcessEdge),
@@ -188,7 +221,6 @@ impl Node {
                 let config = EdgeConfig {
                     admin_token: Some(Secret::new(ADMIN)),
                     psp_secrets: SigningSecret::list(&format!("{PSP_SECRET},whsec_previous")),
-                    buyer_rate: options.rate,
                     ..EdgeConfig::default()
                 };
                 let cache = CacheConfig {
@@ -196,17 +228,26 @@ impl Node {
                     sold_out_ttl_ms: options.sold_out_ttl_ms,
                     ..CacheConfig::default()
                 };
-                let inv =
-                    flashcart_core::Inventory::new(conn, KeySchema::default(), Settings::default());
+                let inv = flashcart_core::Inventory::new(
+                    conn,
+                    KeySchema::default(),
+                    Settings::edge(options.rate),
+                );
                 Transport::InProcess(Edge::new(
                     inv,
                     MemoryKv::default(),
-                    SystemClock,
+                    options.clock,
                     cache,
                     config,
                 ))
             }
-            Kind::Http => Self::serve_manifest(&redis, options).await,
+            Kind::Http => {
+                assert!(
+                    matches!(options.clock, NodeClock::Wall),
+                    "a manual clock drives in-process nodes only"
+                );
+                Self::serve_manifest(&redis, &options).await
+            }
         };
         Self {
             redis: Some(redis),
@@ -215,7 +256,7 @@ impl Node {
         }
     }
 
-    async fn serve_manifest(redis: &RedisServer, options: NodeOptions) -> Transport {
+    async fn serve_manifest(redis: &RedisServer, options: &NodeOptions) -> Transport {
         let root = repo_root();
         for c in [
             "stock_check",
@@ -337,12 +378,14 @@ impl Node {
 
 /// Routes like `spin.toml` does, for the in-process node.
 async fn dispatch(edge: &InProcessEdge, req: &ApiRequest) -> ApiResponse {
+    static REQUESTS: AtomicU64 = AtomicU64::new(0);
+    let request_id = format!("in-process-{}", REQUESTS.fetch_add(1, Ordering::Relaxed));
     let path = req.path.as_str();
     if path.starts_with("/v1/stock/") {
         if path.trim_end_matches('/').ends_with("/reservations") {
-            edge.deduct(req).await
+            edge.deduct(req, &request_id).await
         } else {
-            edge.stock_check(req, "in-process").await
+            edge.stock_check(req, &request_id).await
         }
     } else if path.starts_with("/v1/orders") {
         edge.orders(req).await
@@ -416,6 +459,25 @@ pub fn problem_type(resp: &ApiResponse) -> String {
         .unwrap_or_default()
         .trim_start_matches("urn:flashcart:problem:")
         .to_owned()
+}
+
+/// Commands the server ran since it started (those run inside functions too), but `INFO`,
+/// which reads these counters.
+pub fn redis_commands(redis: &RedisServer) -> u64 {
+    command_calls(redis)
+        .into_iter()
+        .filter(|(command, _)| command != "info")
+        .map(|(_, calls)| calls)
+        .sum()
+}
+
+/// Function calls (`FCALL` and `FCALL_RO`) since the server started.
+pub fn function_calls(redis: &RedisServer) -> u64 {
+    let calls = command_calls(redis);
+    ["fcall", "fcall_ro"]
+        .iter()
+        .filter_map(|c| calls.get(*c))
+        .sum()
 }
 
 /// Calls per command since the server started (`INFO commandstats`).

@@ -4,7 +4,7 @@
 
 mod openapi;
 
-use flashcart_contract::{Kind, contract, flash_sale, signatures};
+use flashcart_contract::{Kind, contract, flash_sale, sell_out, signatures};
 
 macro_rules! both_ways {
     ($($module:ident :: $scenario:ident),* $(,)?) => {
@@ -32,4 +32,13 @@ both_ways!(
     contract::every_problem_type_of_the_contract,
     signatures::signature_outcomes,
     flash_sale::two_thousand_buyers_fifty_units_then_no_redis_calls,
+    sell_out::last_units_cost_two_calls_per_deduct,
 );
+
+/// In-process only: the test moves the edge cache's clock, and its bursts run as one task so
+/// the re-check lease (write, then read back: the key-value store has no compare-and-set) is
+/// decided by the code, not by thread timing.
+#[tokio::test(flavor = "current_thread")]
+async fn sold_out_costs_one_call_per_period() {
+    sell_out::sold_out_costs_one_call_per_period(Kind::InProcess).await;
+}

@@ -48,5 +48,6 @@ async fn scenarios_pass_on_a_three_master_cluster() {
     scenarios::crashed_fallback_resumes(&d, &inv).await;
     scenarios::lifecycle(&d, &inv).await;
     scenarios::rate_limit(&d, &inv).await;
+    scenarios::hinted_reserve_goes_straight_to_stock(&d, &inv).await;
     crate::concurrency::ten_thousand_buyers_for_a_hundred_units(&d).await;
 }

@@ -5,10 +5,10 @@ use flashcart_core::event::EventKind;
 use flashcart_core::ids::{Currency, PspEventId, Quantity, SkuId};
 use flashcart_core::inventory::{
     CancelOutcome, CancelReason, HomeStep, LoadOutcome, Now, OrderRequest, PaymentNotice,
-    PaymentOutcome, RateLimit, ReleaseOutcome, ReleaseReason, Search,
+    PaymentOutcome, RateLimit, ReleaseOutcome, ReleaseReason, Search, StockHint,
 };
 use flashcart_core::order::OrderState;
-use flashcart_core::{KeySchema, Partition, Rejection};
+use flashcart_core::{KeySchema, Partition, Rejection, Settings};
 use flashcart_inventory::NativeInventory;
 
 use crate::support::{Deployment, T0, buyer, key, reserve_req, spec, unique_sku};
@@ -198,7 +198,8 @@ pub(crate) async fn idempotency_and_limits(d: &Deployment, inv: &NativeInventory
     assert_invariant(inv, &sku).await;
 }
 
-/// Inputs the inventory refuses change nothing in Redis, byte for byte.
+/// Inputs the inventory refuses change nothing in Redis, byte for byte, also when every
+/// reserve draws from the buyer's token bucket: a refusal before the decision takes no token.
 pub(crate) async fn rejections_change_nothing(d: &Deployment, inv: &NativeInventory) {
     let sku = unique_sku("reject");
     inv.load_sku(&spec(&sku, 5, Some(2), 0), Now::At(T0))
@@ -207,6 +208,15 @@ pub(crate) async fn rejections_change_nothing(d: &Deployment, inv: &NativeInvent
     inv.reserve(&reserve_req(&sku, "dave", 1, "taken"), Now::At(T0 + 1))
         .await
         .expect("reserve");
+    let limited = d
+        .inventory_with(Settings {
+            buyer_rate: Some(RateLimit {
+                capacity: 20,
+                refill_per_second: 10,
+            }),
+            ..Settings::default()
+        })
+        .await;
     let before = d.snapshot();
 
     // Validation: refused before any Redis call.
@@ -227,31 +237,33 @@ pub(crate) async fn rejections_change_nothing(d: &Deployment, inv: &NativeInvent
         Err(Rejection::Invalid(_))
     ));
 
-    // Refused by the library, after reading: nothing written.
+    // Refused by the library, after reading: nothing written, no token taken.
     let unknown = unique_sku("never-loaded");
-    assert_eq!(
-        inv.reserve(&reserve_req(&unknown, "dave", 1, "u1"), Now::At(T0 + 2))
+    for inv in [inv, &limited] {
+        assert_eq!(
+            inv.reserve(&reserve_req(&unknown, "dave", 1, "u1"), Now::At(T0 + 2))
+                .await,
+            Err(Rejection::UnknownSku)
+        );
+        assert_eq!(
+            inv.reserve(&reserve_req(&sku, "dave", 1, "early"), Now::At(T0 - 1))
+                .await,
+            Err(Rejection::NotOnSale { starts_at: T0 })
+        );
+        assert_eq!(
+            inv.reserve(
+                &reserve_req(&sku, "dave", 1, "late"),
+                Now::At(T0 + 3_600_000)
+            )
             .await,
-        Err(Rejection::UnknownSku)
-    );
-    assert_eq!(
-        inv.reserve(&reserve_req(&sku, "dave", 1, "early"), Now::At(T0 - 1))
-            .await,
-        Err(Rejection::NotOnSale { starts_at: T0 })
-    );
-    assert_eq!(
-        inv.reserve(
-            &reserve_req(&sku, "dave", 1, "late"),
-            Now::At(T0 + 3_600_000)
-        )
-        .await,
-        Err(Rejection::SaleEnded)
-    );
-    assert_eq!(
-        inv.reserve(&reserve_req(&sku, "dave", 2, "taken"), Now::At(T0 + 2))
-            .await,
-        Err(Rejection::IdempotencyMismatch)
-    );
+            Err(Rejection::SaleEnded)
+        );
+        assert_eq!(
+            inv.reserve(&reserve_req(&sku, "dave", 2, "taken"), Now::At(T0 + 2))
+                .await,
+            Err(Rejection::IdempotencyMismatch)
+        );
+    }
     assert_eq!(inv.stock(&unknown).await, Err(Rejection::UnknownSku));
     let ghost_order =
         flashcart_core::ids::OrderId::parse(&format!("ord_03_0123456789abcdef_{sku}")).expect("id");
@@ -378,7 +390,13 @@ pub(crate) async fn crashed_fallback_resumes(d: &Deployment, inv: &NativeInvento
         .reserve_at_home(&req, Now::At(T0 + 2))
         .await
         .expect("home step");
-    assert_eq!(step, HomeStep::LookElsewhere { segments: 3 });
+    assert_eq!(
+        step,
+        HomeStep::LookElsewhere {
+            segments: 3,
+            skip: vec![]
+        }
+    );
     assert_eq!(
         inv.reserve_in(&req, order[0], Now::At(T0 + 2)).await,
         Ok(Search::SoldOut)
@@ -593,33 +611,150 @@ pub(crate) async fn lifecycle(d: &Deployment, inv: &NativeInventory) {
     assert_eq!(d.events_of(&sku, EventKind::OrderRefunded).len(), 1);
 }
 
-/// The token bucket admits a burst, refuses with a retry time, refills over time.
-pub(crate) async fn rate_limit(_d: &Deployment, inv: &NativeInventory) {
-    let limit = RateLimit {
-        capacity: 3,
-        refill_per_second: 10,
-    };
-    let p = Partition::new(5);
-    let name = format!("{}", unique_sku("bucket"));
+/// The buyer's token bucket is part of the reserve: a burst passes, the next reserve is
+/// refused with a retry time and changes nothing, a replay takes no token, another buyer has
+/// a bucket of its own, tokens come back; with the limiter off nobody is refused.
+pub(crate) async fn rate_limit(d: &Deployment, inv: &NativeInventory) {
+    let limited = d
+        .inventory_with(Settings {
+            buyer_rate: Some(RateLimit {
+                capacity: 3,
+                refill_per_second: 10,
+            }),
+            ..Settings::default()
+        })
+        .await;
+    let sku = unique_sku("bucket");
+    limited
+        .load_sku(&spec(&sku, 40, Some(4), 0), Now::At(T0))
+        .await
+        .expect("load");
+    let b = format!("{sku}-b");
     for i in 0..3 {
-        let d = inv
-            .take_tokens(p, &name, limit, 1, Now::At(T0))
+        limited
+            .reserve(&reserve_req(&sku, &b, 1, &format!("r{i}")), Now::At(T0))
             .await
-            .expect("take");
-        assert!(d.allowed, "request {i}");
-        assert_eq!(d.remaining, 2 - i);
+            .expect("within the burst");
     }
-    let refused = inv
-        .take_tokens(p, &name, limit, 1, Now::At(T0))
+    let before = d.snapshot();
+    assert_eq!(
+        limited
+            .reserve(&reserve_req(&sku, &b, 1, "r3"), Now::At(T0))
+            .await,
+        Err(Rejection::RateLimited {
+            retry_after_ms: 100
+        })
+    );
+    assert_eq!(d.snapshot(), before, "a refused reserve changed Redis");
+    let replay = limited
+        .reserve(&reserve_req(&sku, &b, 1, "r0"), Now::At(T0))
         .await
-        .expect("take");
-    assert!(!refused.allowed);
-    assert_eq!(refused.retry_after_ms, 100);
-    let later = inv
-        .take_tokens(p, &name, limit, 1, Now::At(T0 + 100))
+        .expect("a replay takes no token");
+    assert!(replay.replayed);
+    limited
+        .reserve(
+            &reserve_req(&sku, &format!("{sku}-c"), 1, "c0"),
+            Now::At(T0),
+        )
         .await
-        .expect("take");
-    assert!(later.allowed);
+        .expect("another buyer");
+    limited
+        .reserve(&reserve_req(&sku, &b, 1, "r3"), Now::At(T0 + 100))
+        .await
+        .expect("a token is back after 100 ms");
+    for i in 0..5 {
+        inv.reserve(
+            &reserve_req(&sku, &b, 1, &format!("off{i}")),
+            Now::At(T0 + 100),
+        )
+        .await
+        .expect("the limiter is off");
+    }
+    assert_invariant(inv, &sku).await;
+}
+
+/// With a hint of which partitions are empty, a reserve whose home partition is short goes
+/// straight to one with stock and, with the edge's settings, ends there: two calls. A retry
+/// resumes at once and finds the same reservation. When every other partition is believed
+/// empty, the home partition answers alone: one call.
+pub(crate) async fn hinted_reserve_goes_straight_to_stock(d: &Deployment, _inv: &NativeInventory) {
+    let edge = d.inventory_with(Settings::edge(None)).await;
+    let schema = KeySchema::default();
+    let sku = unique_sku("hinted");
+    edge.load_sku(&spec(&sku, 2, Some(2), 0), Now::At(T0))
+        .await
+        .expect("load");
+    let parts = schema.sku_partitions(&sku, 2);
+    let outsider = |prefix: &str| {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|b| !parts.contains(&schema.home_of_buyer(&buyer(b))))
+            .expect("buyer")
+    };
+
+    // No hint: the search starts with the SKU's first partition, which has a unit.
+    let first = outsider("h1");
+    let calls = d.function_calls();
+    let r = edge
+        .reserve_hinted(
+            &reserve_req(&sku, &first, 1, "k"),
+            &StockHint::default(),
+            Now::At(T0 + 1),
+        )
+        .await;
+    assert_eq!(
+        r.result.expect("reserved").id.partition(),
+        parts[0],
+        "the first partition in the fallback order"
+    );
+    assert_eq!(
+        d.function_calls() - calls,
+        2,
+        "home, then where the unit was"
+    );
+    assert_eq!(r.segments, Some(2));
+    assert!(r.seen.contains(&(parts[0], 0)), "{:?}", r.seen);
+
+    // parts[0] is known empty now: the next buyer goes straight to parts[1].
+    let second = outsider("h2");
+    let hint = StockHint {
+        segments: Some(2),
+        empty: [parts[0]].into(),
+    };
+    let calls = d.function_calls();
+    let r = edge
+        .reserve_hinted(&reserve_req(&sku, &second, 1, "k"), &hint, Now::At(T0 + 2))
+        .await;
+    assert_eq!(r.result.expect("reserved").id.partition(), parts[1]);
+    assert_eq!(d.function_calls() - calls, 2);
+    let again = edge
+        .reserve(&reserve_req(&sku, &second, 1, "k"), Now::At(T0 + 3))
+        .await
+        .expect("replay");
+    assert!(again.replayed && again.id.partition() == parts[1]);
+
+    // Every partition believed empty: the home partition decides sold out alone.
+    let third = outsider("h3");
+    let all = StockHint {
+        segments: Some(2),
+        empty: parts.iter().copied().collect(),
+    };
+    let calls = d.function_calls();
+    assert_eq!(
+        edge.reserve_hinted(&reserve_req(&sku, &third, 1, "k"), &all, Now::At(T0 + 4))
+            .await
+            .result,
+        Err(Rejection::SoldOut)
+    );
+    assert_eq!(d.function_calls() - calls, 1);
+    assert_eq!(
+        edge.reserve(&reserve_req(&sku, &third, 1, "k"), Now::At(T0 + 5))
+            .await,
+        Err(Rejection::SoldOut),
+        "the decision is stored"
+    );
+    assert_invariant(&edge, &sku).await;
+    assert_eq!(d.events_of(&sku, EventKind::ReservationCreated).len(), 2);
 }
 
 macro_rules! on_single_server {
@@ -645,4 +780,5 @@ on_single_server!(
     crashed_fallback_resumes,
     lifecycle,
     rate_limit,
+    hinted_reserve_goes_straight_to_stock,
 );

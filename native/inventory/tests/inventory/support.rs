@@ -48,6 +48,37 @@ impl Deployment {
         flashcart_core::Inventory::new(conn, KeySchema::default(), Settings::default())
     }
 
+    /// An inventory with other settings (e.g. a buyer rate) over the same deployment.
+    pub(crate) async fn inventory_with(&self, settings: Settings) -> NativeInventory {
+        flashcart_inventory::open(&self.target(), KeySchema::default(), settings)
+            .await
+            .expect("open inventory")
+    }
+
+    /// `FCALL` and `FCALL_RO` calls so far, over every node (`INFO commandstats`).
+    pub(crate) fn function_calls(&self) -> u64 {
+        self.servers()
+            .into_iter()
+            .map(|s| {
+                let info: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query(&mut s.connection().expect("connect"))
+                    .expect("info");
+                info.lines()
+                    .filter(|l| {
+                        l.starts_with("cmdstat_fcall:") || l.starts_with("cmdstat_fcall_ro:")
+                    })
+                    .filter_map(|l| {
+                        l.split([':', ','])
+                            .find_map(|kv| kv.strip_prefix("calls="))?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     pub(crate) fn servers(&self) -> Vec<&RedisServer> {
         match self {
             Deployment::Single(s) => vec![s],
