@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail, ensure};
 use flashcart_core::Settings;
 use flashcart_core::ids::SkuId;
+use flashcart_core::inventory::RateLimit;
 use flashcart_core::keys::KeySchema;
 use flashcart_inventory::{NativeInventory, RedisConn, Target as RedisTarget};
 use flashcart_settlement::parse_duration;
@@ -369,7 +370,7 @@ impl Sale {
             .await
             .context("connecting to the private redis-server")?;
         let inventory =
-            flashcart_inventory::open(&RedisTarget::Single(redis_url), schema, Settings::default())
+            flashcart_inventory::open(&RedisTarget::Single(redis_url), schema, edge_settings())
                 .await
                 .context("opening the inventory")?;
         Ok(Self {
@@ -405,7 +406,7 @@ impl Sale {
                 let conn = RedisConn::connect(&target).await.with_context(|| {
                     format!("connecting to {}", flashcart_settlement::redact(url))
                 })?;
-                let inventory = flashcart_inventory::open(&target, schema, Settings::default())
+                let inventory = flashcart_inventory::open(&target, schema, edge_settings())
                     .await
                     .with_context(|| {
                         format!(
@@ -1152,4 +1153,13 @@ mod tests {
         assert!(parse(&["--duration", "soon"]).is_err());
         assert!(parse(&["--redis-url", "redis://127.0.0.1"]).is_err());
     }
+}
+
+/// What the edge's deduct runs with (spin.toml's defaults: a 20-token bucket refilled at
+/// 10/s, no fallback lease), so the `fc_reserve` baseline pays what a deduct pays in Redis.
+fn edge_settings() -> Settings {
+    Settings::edge(Some(RateLimit {
+        capacity: 20,
+        refill_per_second: 10,
+    }))
 }
