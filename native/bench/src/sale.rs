@@ -1097,6 +1097,15 @@ fn drop_story(sku: &str, options: &Options, finished: &Finished) -> DropStory {
     }
 }
 
+/// What the edge's deduct runs with (spin.toml's defaults: a 20-token bucket refilled at
+/// 10/s, no fallback lease), so the `fc_reserve` baseline pays what a deduct pays in Redis.
+fn edge_settings() -> Settings {
+    Settings::edge(Some(RateLimit {
+        capacity: 20,
+        refill_per_second: 10,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1153,13 +1162,4 @@ mod tests {
         assert!(parse(&["--duration", "soon"]).is_err());
         assert!(parse(&["--redis-url", "redis://127.0.0.1"]).is_err());
     }
-}
-
-/// What the edge's deduct runs with (spin.toml's defaults: a 20-token bucket refilled at
-/// 10/s, no fallback lease), so the `fc_reserve` baseline pays what a deduct pays in Redis.
-fn edge_settings() -> Settings {
-    Settings::edge(Some(RateLimit {
-        capacity: 20,
-        refill_per_second: 10,
-    }))
 }

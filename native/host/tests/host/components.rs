@@ -8,7 +8,8 @@ use flashcart_host::{App, AppConfig};
 
 use crate::support::{TestServer, expand};
 
-const HELLO: &str = r#"
+/// The hello component on a parameter route and a wildcard route (shared by other tests).
+pub(crate) const HELLO: &str = r#"
 spin_manifest_version = 2
 [application]
 name = "hello-app"

@@ -6,18 +6,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::components::HELLO;
 use crate::support::TestServer;
-
-const HELLO: &str = r#"
-spin_manifest_version = 2
-[application]
-name = "hello-app"
-[[trigger.http]]
-route = "/..."
-component = "hello"
-[component.hello]
-source = "{wasm:hello}"
-"#;
 
 /// Generous bound for anything the server must do by itself on a busy machine.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -39,7 +29,7 @@ async fn a_half_sent_header_is_cut_off() {
     })
     .await;
     let mut slow = TcpStream::connect(server.address).await.expect("connect");
-    slow.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\nx-slow: ")
+    slow.write_all(b"GET /static/a HTTP/1.1\r\nhost: x\r\nx-slow: ")
         .await
         .expect("write");
     let answer = read_until_closed(&mut slow).await;
@@ -47,7 +37,7 @@ async fn a_half_sent_header_is_cut_off() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
         "{answer}"
     );
-    assert_eq!(server.get("/after").await.status, 200);
+    assert_eq!(server.get("/static/after").await.status, 200);
     server.stop().await.expect("clean stop");
 }
 
@@ -58,7 +48,7 @@ async fn a_body_that_never_arrives_gets_408() {
     })
     .await;
     let mut slow = TcpStream::connect(server.address).await.expect("connect");
-    slow.write_all(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"buy")
+    slow.write_all(b"POST /static/a HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"buy")
         .await
         .expect("write");
     let mut seen = vec![0u8; 4096];
@@ -89,7 +79,7 @@ async fn slow_clients_at_the_connection_cap_do_not_lock_buyers_out() {
     for _ in 0..8 {
         let mut stream = TcpStream::connect(server.address).await.expect("connect");
         stream
-            .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n")
+            .write_all(b"GET /static/a HTTP/1.1\r\nhost: x\r\n")
             .await
             .expect("write");
         slow.push(stream);
@@ -100,7 +90,12 @@ async fn slow_clients_at_the_connection_cap_do_not_lock_buyers_out() {
             tokio::spawn(async move {
                 tokio::time::timeout(
                     PATIENCE,
-                    flashcart_host::bench::http_request(address, "GET", &format!("/b{i}"), b""),
+                    flashcart_host::bench::http_request(
+                        address,
+                        "GET",
+                        &format!("/static/b{i}"),
+                        b"",
+                    ),
                 )
                 .await
             })
