@@ -385,6 +385,37 @@ local function fc_order_create(keys, args)
   return order_reply(keys[3], 0)
 end
 
+-- fc_idem_claim: binds an idempotency key to the first request that used it, in the key's
+-- own partition (the buyer's home for an order, the event id's for a payment), when the effect
+-- lives in another partition. The effect's own call then decides and records; this record
+-- makes a second request with the same key and another fingerprint a mismatch, whatever
+-- partition its target lives in.
+-- KEYS: idem(K)   ARGV: fingerprint ttl_ms
+-- Replies: claimed | same | idem_mismatch
+local function fc_idem_claim(keys, args)
+  local rec = redis.call('HGET', keys[1], 'fp')
+  if rec then
+    if rec ~= args[1] then return { 'idem_mismatch', 0 } end
+    return { 'same', 0 }
+  end
+  redis.call('HSET', keys[1], 'fp', args[1])
+  redis.call('PEXPIRE', keys[1], tonumber(args[2]))
+  return { 'claimed', 0 }
+end
+
+-- fc_idem_release: gives a claim back when the effect's call refused the request before
+-- deciding anything (unknown reservation or order, reservation gone), so the buyer can fix the
+-- request and retry with the same key, as in one partition. Only this fingerprint's claim is
+-- released, and never a record an effect wrote (it has an 'oid').
+-- KEYS: idem(K)   ARGV: fingerprint
+-- Replies: released | kept
+local function fc_idem_release(keys, args)
+  local rec = redis.call('HMGET', keys[1], 'fp', 'oid')
+  if rec[1] ~= args[1] or rec[2] then return { 'kept', 0 } end
+  redis.call('DEL', keys[1])
+  return { 'released', 0 }
+end
+
 -- fc_order_get: an order's current record.
 -- KEYS: ord(B)
 local function fc_order_get(keys, _args)
@@ -550,6 +581,8 @@ redis.register_function('fc_reserve_at', fc_reserve_at)
 redis.register_function('fc_reserve_finish', fc_reserve_finish)
 redis.register_function('fc_release', fc_release)
 redis.register_function('fc_order_create', fc_order_create)
+redis.register_function('fc_idem_claim', fc_idem_claim)
+redis.register_function('fc_idem_release', fc_idem_release)
 redis.register_function { function_name = 'fc_order_get', callback = fc_order_get, flags = ro }
 redis.register_function('fc_payment', fc_payment)
 redis.register_function('fc_order_cancel', fc_order_cancel)

@@ -167,6 +167,14 @@ pub struct PaymentNotice {
     pub currency: Currency,
 }
 
+impl PaymentNotice {
+    /// What makes two notices with one event id the same payment.
+    pub fn fingerprint(&self) -> String {
+        let target = format!("{}\t{}\t{}", self.order, self.amount, self.currency);
+        crate::fingerprint(&target, b"")
+    }
+}
+
 /// What a payment did. Every outcome is recorded, so a replayed event answers the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -898,8 +906,26 @@ impl<E: RedisExecutor> Inventory<E> {
     /// Unknown reservation (or not the buyer's), reservation gone (expired or released),
     /// already ordered, idempotency mismatch, unavailable.
     pub async fn create_order(&self, req: &OrderRequest, now: Now) -> Result<Order> {
+        let p = self.check_partition(req.reservation.partition())?;
+        // The key is bound in the buyer's home partition; when the reservation lives there
+        // too, the order's own record is that binding (one call).
+        let claim = (self.schema.home_of_buyer(&req.buyer) != p)
+            .then(|| self.schema.order_claim(&req.buyer, &req.key));
+        if let Some(claim) = &claim {
+            self.claim_key(claim, &req.fingerprint, self.settings.idempotency_ttl_ms)
+                .await?;
+        }
+        let created = self.create_order_in(p, req, now).await;
+        if let (Some(claim), Err(e)) = (&claim, &created)
+            && e.decided_nothing()
+        {
+            self.release_key(claim, &req.fingerprint).await?;
+        }
+        created
+    }
+
+    async fn create_order_in(&self, p: Partition, req: &OrderRequest, now: Now) -> Result<Order> {
         let id = &req.reservation;
-        let p = self.check_partition(id.partition())?;
         let oid = id.order_id();
         let reply = self
             .fcall(
@@ -935,6 +961,38 @@ impl<E: RedisExecutor> Inventory<E> {
         }
     }
 
+    /// Binds an idempotency key to the request that first used it ([`KeySchema::order_claim`],
+    /// [`KeySchema::psp_claim`]): a replay passes, another request with the key is refused.
+    async fn claim_key(&self, key: &str, fingerprint: &str, ttl_ms: u64) -> Result<()> {
+        let reply = self
+            .fcall(
+                "fc_idem_claim",
+                vec![key.to_owned()],
+                vec![fingerprint.to_owned(), ttl_ms.to_string()],
+            )
+            .await?;
+        match reply.code.as_str() {
+            "claimed" | "same" => Ok(()),
+            "idem_mismatch" => Err(Rejection::IdempotencyMismatch),
+            _ => Err(reply.unexpected()),
+        }
+    }
+
+    /// Gives back a claim whose request was refused before anything was decided.
+    async fn release_key(&self, key: &str, fingerprint: &str) -> Result<()> {
+        let reply = self
+            .fcall(
+                "fc_idem_release",
+                vec![key.to_owned()],
+                vec![fingerprint.to_owned()],
+            )
+            .await?;
+        match reply.code.as_str() {
+            "released" | "kept" => Ok(()),
+            _ => Err(reply.unexpected()),
+        }
+    }
+
     /// An order's current record.
     ///
     /// # Errors
@@ -961,8 +1019,29 @@ impl<E: RedisExecutor> Inventory<E> {
         notice: &PaymentNotice,
         now: Now,
     ) -> Result<(PaymentOutcome, bool)> {
+        let p = self.check_partition(notice.order.partition())?;
+        // The event id is bound to this payment in its own partition first: the same id for
+        // another order (in any partition) is refused, a replay passes.
+        let claim = self.schema.psp_claim(&notice.event_id);
+        let fingerprint = notice.fingerprint();
+        self.claim_key(&claim, &fingerprint, self.settings.psp_event_ttl_ms)
+            .await?;
+        let applied = self.apply_payment_in(p, notice, now).await;
+        if let Err(e) = &applied
+            && e.decided_nothing()
+        {
+            self.release_key(&claim, &fingerprint).await?;
+        }
+        applied
+    }
+
+    async fn apply_payment_in(
+        &self,
+        p: Partition,
+        notice: &PaymentNotice,
+        now: Now,
+    ) -> Result<(PaymentOutcome, bool)> {
         let id = &notice.order;
-        let p = self.check_partition(id.partition())?;
         let reply = self
             .fcall(
                 "fc_payment",

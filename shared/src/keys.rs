@@ -186,6 +186,27 @@ impl KeySchema {
         format!("{}:idem:{op}:{}:{}", p.tag(), buyer, key)
     }
 
+    /// Where an order request's idempotency key is bound: the buyer's home partition, one
+    /// place for the key whatever partition the reservation lives in. The order's own call
+    /// also keeps the key in the reservation's partition ([`Self::idempotency`]); when the two
+    /// are one partition, they are one record.
+    pub fn order_claim(&self, buyer: &BuyerId, key: &IdempotencyKey) -> String {
+        self.idempotency(self.home_of_buyer(buyer), "ord", buyer, key)
+    }
+
+    /// The partition a payment provider's event id is bound in, whatever order it names.
+    pub fn home_of_psp_event(&self, event: &PspEventId) -> Partition {
+        Partition(
+            (stable_hash(&[b"psp", event.as_str().as_bytes()]) % u64::from(self.partitions)) as u16,
+        )
+    }
+
+    /// Where a payment provider's event id is bound to the payment it first carried (order,
+    /// amount, currency), so the same id for another order is refused in any partition.
+    pub fn psp_claim(&self, event: &PspEventId) -> String {
+        format!("{}:idem:psp:{}", self.home_of_psp_event(event).tag(), event)
+    }
+
     /// A buyer's purchase counter for a SKU (in the buyer's home partition).
     pub fn purchase_count(&self, sku: &SkuId, buyer: &BuyerId) -> String {
         format!("{}:lim:{}:{}", self.home_of_buyer(buyer).tag(), sku, buyer)

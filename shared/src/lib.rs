@@ -43,8 +43,10 @@ pub(crate) fn digest(parts: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The fingerprint of a request body, compared on idempotent replays: same key + other
-/// body is refused.
-pub fn fingerprint(body: &[u8]) -> String {
-    hex::encode(&digest(&[b"body", body])[..16])
+/// The fingerprint of a request, compared on idempotent replays: the same key with another
+/// request is refused. `target` is what the path names that the body does not (the SKU of a
+/// deduct; empty where the body names its target), so one key and one body sent to two SKUs
+/// are two requests, not a replay of the first.
+pub fn fingerprint(target: &str, body: &[u8]) -> String {
+    hex::encode(&digest(&[b"request", target.as_bytes(), body])[..16])
 }

@@ -126,12 +126,47 @@ pub enum Rejection {
         /// The methods the route takes, for the `Allow` header.
         allow: &'static str,
     },
-    /// The inventory could not be reached or answered unexpectedly (503); retry later.
+    /// The inventory could not be reached or answered unexpectedly (503); retry later. The
+    /// text is the cause for the operator's log; the buyer's problem body never carries it
+    /// (a Redis client's message names hosts, scripts and internals).
     #[error("inventory unavailable: {0}")]
     Unavailable(String),
 }
 
 impl Rejection {
+    /// Whether the request was refused before anything was decided or written, so a key it
+    /// claimed is given back and the buyer may fix the request and retry with the same key.
+    /// Unavailable is not: the call may have decided before the connection broke, and only a
+    /// replay with the same request may learn what it decided.
+    pub fn decided_nothing(&self) -> bool {
+        match self {
+            Rejection::Invalid(_)
+            | Rejection::MissingIdempotencyKey
+            | Rejection::UnknownSku
+            | Rejection::NotOnSale { .. }
+            | Rejection::SaleEnded
+            | Rejection::UnknownReservation
+            | Rejection::ReservationGone
+            | Rejection::AlreadyOrdered { .. }
+            | Rejection::UnknownOrder
+            | Rejection::RateLimited { .. }
+            | Rejection::Unauthorized
+            | Rejection::InvalidSignature(_)
+            | Rejection::PayloadTooLarge
+            | Rejection::UnsupportedMediaType
+            | Rejection::NotFound
+            | Rejection::MethodNotAllowed { .. } => true,
+            Rejection::IdempotencyMismatch
+            | Rejection::IdempotencyInFlight
+            | Rejection::SoldOut
+            | Rejection::Insufficient
+            | Rejection::LimitReached { .. }
+            | Rejection::IllegalTransition { .. }
+            | Rejection::SkuConflict
+            | Rejection::Unavailable(_) => false,
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
@@ -219,11 +254,17 @@ impl Rejection {
             kind: format!("urn:flashcart:problem:{}", self.slug()),
             title: title_of(self.slug()),
             status: self.status(),
-            detail: Some(self.to_string()),
+            detail: Some(match self {
+                Rejection::Unavailable(_) => UNAVAILABLE_DETAIL.to_owned(),
+                _ => self.to_string(),
+            }),
             extensions,
         }
     }
 }
+
+/// What a buyer reads when the inventory could not answer: the cause goes to the log only.
+pub const UNAVAILABLE_DETAIL: &str = "the inventory could not answer; retry shortly";
 
 fn title_of(slug: &str) -> String {
     let mut title = slug.replace('-', " ");
@@ -300,6 +341,12 @@ mod tests {
             "invalid request: quantity: must be between 1 and 100"
         );
         assert_eq!(Rejection::SoldOut.problem().status, 409);
+        let down = Rejection::Unavailable("redis Timeout at 10.0.0.7:6379: ERR fc_x".into());
+        assert_eq!(down.problem().detail.as_deref(), Some(UNAVAILABLE_DETAIL));
+        assert!(
+            down.to_string().contains("10.0.0.7"),
+            "the log keeps the cause"
+        );
         assert_eq!(
             Rejection::RateLimited { retry_after_ms: 5 }
                 .problem()

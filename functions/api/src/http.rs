@@ -80,6 +80,11 @@ impl ApiResponse {
 
     /// A problem+json response for a rejection, with the headers its kind calls for.
     pub fn problem(rejection: &Rejection) -> Self {
+        if let Rejection::Unavailable(cause) = rejection {
+            // The body says only "retry"; the cause goes to the component's stderr, which
+            // both flashcart's host and Spin write to their logs.
+            eprintln!("flashcart: inventory unavailable: {cause}");
+        }
         let mut response = Self {
             status: rejection.status(),
             headers: vec![("content-type".into(), PROBLEM_JSON.into())],

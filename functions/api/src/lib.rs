@@ -363,7 +363,7 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
             buyer,
             quantity,
             key,
-            fingerprint: flashcart_core::fingerprint(&req.body),
+            fingerprint: flashcart_core::fingerprint(sku.as_str(), &req.body),
         };
         let reserved = self
             .inventory
@@ -463,7 +463,7 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
                     reservation: ReservationId::parse(&body.reservation_id)?,
                     buyer: BuyerId::parse(&body.buyer_id)?,
                     key,
-                    fingerprint: flashcart_core::fingerprint(&req.body),
+                    fingerprint: flashcart_core::fingerprint("", &req.body),
                 };
                 let order = self.inventory.create_order(&request, Now::Server).await?;
                 let replayed = order.replayed;

@@ -237,7 +237,7 @@ pub async fn every_problem_type_of_the_contract(kind: Kind) {
         buyer: BuyerId::parse(&stranger).expect("buyer"),
         quantity: Quantity::new(1).expect("q"),
         key: IdempotencyKey::parse("stuck").expect("key"),
-        fingerprint: flashcart_core::fingerprint(&stuck.body),
+        fingerprint: flashcart_core::fingerprint("single", &stuck.body),
     };
     n.inventory
         .reserve_at_home(&request, Now::Server)
@@ -302,6 +302,17 @@ pub async fn every_problem_type_of_the_contract(kind: Kind) {
         404,
         "not-found",
     );
+    // An unknown route is answered by the app (spin.toml's catch-all), not by the runtime:
+    // Spin's own 404 is plain text, so the component's problem body is what both give.
+    for path in ["/", "/nope", "/v2/stock/one"] {
+        let unknown = n.send(ApiRequest::new("GET", path)).await;
+        assert_eq!(
+            unknown.json_body()["detail"],
+            "no such route",
+            "{path}: {unknown:?}"
+        );
+        expect(unknown, 404, "not-found");
+    }
 
     expect(
         n.send(ApiRequest::new("GET", "/v1/admin/skus/one")).await,
@@ -320,6 +331,22 @@ pub async fn every_problem_type_of_the_contract(kind: Kind) {
     expect(conflict, 409, "sku-conflict");
     let unsigned = ApiRequest::new("POST", "/v1/payments/callback").json(&serde_json::json!({}));
     expect(n.send(unsigned).await, 400, "invalid-signature");
+
+    // Redis without the function library: 503, and the body names no internals (the
+    // client's message names the function and the server; the log has it).
+    redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .exec(&mut n.redis().connection().expect("redis"))
+        .expect("function flush");
+    let flushed = n
+        .send(ApiRequest::new("GET", "/v1/stock/never-cached"))
+        .await;
+    assert_eq!(
+        flushed.json_body()["detail"],
+        flashcart_core::problem::UNAVAILABLE_DETAIL,
+        "{flushed:?}"
+    );
+    expect(flushed, 503, "inventory-unavailable");
 
     // Redis gone: 503, retryable.
     node.kill_redis();

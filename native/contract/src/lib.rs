@@ -6,12 +6,14 @@
 //! - [`node`]: a node under test (Redis, an inventory for set-up steps, the transport)
 //! - [`contract`]: the whole flow and every problem type
 //! - [`signatures`]: the payment callback's signature checks
+//! - [`idempotency`]: one Idempotency-Key, one effect, across partitions
 //! - [`flash_sale`]: 2 000 buyers for 50 units, then a burst that never reaches Redis
 //! - [`sell_out`]: what finding the last units and a sold-out crowd cost Redis, counted
 #![deny(missing_docs)]
 
 pub mod contract;
 pub mod flash_sale;
+pub mod idempotency;
 pub mod node;
 pub mod sell_out;
 pub mod signatures;

@@ -4,7 +4,7 @@
 
 mod openapi;
 
-use flashcart_contract::{Kind, contract, flash_sale, sell_out, signatures};
+use flashcart_contract::{Kind, contract, flash_sale, idempotency, sell_out, signatures};
 
 macro_rules! both_ways {
     ($($module:ident :: $scenario:ident),* $(,)?) => {
@@ -31,6 +31,7 @@ both_ways!(
     contract::admin_load_stock_deduct_order_pay,
     contract::every_problem_type_of_the_contract,
     signatures::signature_outcomes,
+    idempotency::one_key_one_effect_across_partitions,
     flash_sale::two_thousand_buyers_fifty_units_then_no_redis_calls,
     sell_out::last_units_cost_two_calls_per_deduct,
 );

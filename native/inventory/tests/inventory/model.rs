@@ -70,7 +70,10 @@ struct Model {
     reservations: BTreeMap<ReservationId, (u64, &'static str)>,
     holders: BTreeMap<ReservationId, String>,
     /// Order-create keys: (buyer, key, partition) → the reservation first ordered with it.
-    order_keys: BTreeMap<(String, u8, u16), ReservationId>,
+    /// (buyer, key) → the reservation the key ordered: one key, one order, in any partition.
+    order_keys: BTreeMap<(String, u8), ReservationId>,
+    /// PSP event id → the amount it first carried: the same id with another amount is refused.
+    psp_events: BTreeMap<String, u64>,
     orders: BTreeMap<OrderId, (u64, OrderState, bool)>, // qty, state, counted as sold
     reservation_list: Vec<ReservationId>,
     order_list: Vec<OrderId>,
@@ -147,13 +150,13 @@ async fn run_case(inv: &NativeInventory, ops: Vec<Op>) -> Result<(), TestCaseErr
                 };
                 let (qty, state) = model.reservations[&id];
                 let holder = model.holders[&id].clone();
-                let key_slot = (holder.clone(), k, id.partition().index());
+                let key_slot = (holder.clone(), k);
                 let key_used_for = model.order_keys.get(&key_slot).cloned();
                 let req = OrderRequest {
                     reservation: id.clone(),
                     buyer: buyer(&holder),
                     key: key(&format!("o{k}")),
-                    fingerprint: flashcart_core::fingerprint(id.to_string().as_bytes()),
+                    fingerprint: flashcart_core::fingerprint("", id.to_string().as_bytes()),
                 };
                 match inv.create_order(&req, Now::At(now)).await {
                     Ok(o) => {
@@ -170,7 +173,7 @@ async fn run_case(inv: &NativeInventory, ops: Vec<Op>) -> Result<(), TestCaseErr
                     }
                     Err(Rejection::ReservationGone) => prop_assert!(state != "ordered"),
                     Err(Rejection::AlreadyOrdered { .. }) => prop_assert_eq!(state, "ordered"),
-                    // The buyer used this key for another reservation in this partition.
+                    // The buyer used this key for another reservation, in any partition.
                     Err(Rejection::IdempotencyMismatch) => {
                         prop_assert!(key_used_for.is_some_and(|r| r != id))
                     }
@@ -193,10 +196,18 @@ async fn run_case(inv: &NativeInventory, ops: Vec<Op>) -> Result<(), TestCaseErr
                     amount,
                     currency: Currency::parse("EUR").expect("eur"),
                 };
-                let (outcome, replayed) = inv
-                    .apply_payment(&notice, Now::At(now))
-                    .await
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let first_amount = *model
+                    .psp_events
+                    .entry(notice.event_id.to_string())
+                    .or_insert(amount);
+                let (outcome, replayed) = match inv.apply_payment(&notice, Now::At(now)).await {
+                    Err(Rejection::IdempotencyMismatch) => {
+                        prop_assert_ne!(first_amount, amount);
+                        continue;
+                    }
+                    other => other.map_err(|e| TestCaseError::fail(e.to_string()))?,
+                };
+                prop_assert_eq!(first_amount, amount, "a reused event id was applied");
                 if replayed {
                     continue;
                 }

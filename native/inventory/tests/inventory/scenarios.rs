@@ -22,7 +22,7 @@ fn order_req(
         reservation: rsv.clone(),
         buyer: buyer(buyer_name),
         key: key(key_name),
-        fingerprint: flashcart_core::fingerprint(rsv.to_string().as_bytes()),
+        fingerprint: flashcart_core::fingerprint("", rsv.to_string().as_bytes()),
     }
 }
 

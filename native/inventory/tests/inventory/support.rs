@@ -171,6 +171,6 @@ pub(crate) fn reserve_req(
         buyer: buyer(buyer_name),
         quantity: Quantity::new(qty).expect("qty"),
         key: key(key_name),
-        fingerprint: flashcart_core::fingerprint(body.as_bytes()),
+        fingerprint: flashcart_core::fingerprint("", body.as_bytes()),
     }
 }

@@ -211,7 +211,7 @@ pub(crate) fn reserve_req(sku: &SkuId, buyer: &str, qty: u64, key: &str) -> Rese
         buyer: BuyerId::parse(buyer).expect("buyer"),
         quantity: Quantity::new(qty).expect("qty"),
         key: IdempotencyKey::parse(key).expect("key"),
-        fingerprint: flashcart_core::fingerprint(body.as_bytes()),
+        fingerprint: flashcart_core::fingerprint("", body.as_bytes()),
     }
 }
 
@@ -224,7 +224,7 @@ pub(crate) fn order_req(
         reservation: rsv.clone(),
         buyer: BuyerId::parse(buyer).expect("buyer"),
         key: IdempotencyKey::parse(key).expect("key"),
-        fingerprint: flashcart_core::fingerprint(rsv.to_string().as_bytes()),
+        fingerprint: flashcart_core::fingerprint("", rsv.to_string().as_bytes()),
     }
 }
 
