@@ -2,6 +2,7 @@
 //! flashcart's host serving the repo's spin.toml with the built components (the same
 //! serving code as `flashcart up`).
 
+mod hostile;
 mod openapi;
 
 use flashcart_contract::{Kind, contract, flash_sale, idempotency, sell_out, signatures};
