@@ -393,9 +393,9 @@ pub enum Search {
 }
 
 /// A function's flat reply: `code`, `replayed`, then fields.
-struct Reply {
-    code: String,
-    replayed: bool,
+pub(crate) struct Reply {
+    pub(crate) code: String,
+    pub(crate) replayed: bool,
     fields: Vec<Value>,
 }
 
@@ -414,14 +414,14 @@ impl Reply {
         })
     }
 
-    fn text(&self, i: usize) -> Result<String> {
+    pub(crate) fn text(&self, i: usize) -> Result<String> {
         self.fields
             .get(i)
             .and_then(Value::text)
             .ok_or_else(|| bad_reply(&format!("{}: field {i}", self.code)))
     }
 
-    fn uint(&self, i: usize) -> Result<u64> {
+    pub(crate) fn uint(&self, i: usize) -> Result<u64> {
         self.fields
             .get(i)
             .and_then(Value::int)
@@ -441,7 +441,7 @@ impl Reply {
         self.fields.get(i).and_then(Value::text)
     }
 
-    fn unexpected(&self) -> Rejection {
+    pub(crate) fn unexpected(&self) -> Rejection {
         bad_reply(&format!("unexpected code {}", self.code))
     }
 }
@@ -489,8 +489,16 @@ impl<E: RedisExecutor> Inventory<E> {
         &self.exec
     }
 
-    async fn fcall(&self, function: &str, keys: Vec<String>, args: Vec<String>) -> Result<Reply> {
-        let command = if matches!(function, "fc_stock" | "fc_order_get" | "fc_due") {
+    pub(crate) async fn fcall(
+        &self,
+        function: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Reply> {
+        let command = if matches!(
+            function,
+            "fc_stock" | "fc_order_get" | "fc_due" | "fc_fence_state"
+        ) {
             "FCALL_RO"
         } else {
             "FCALL"
@@ -500,7 +508,13 @@ impl<E: RedisExecutor> Inventory<E> {
         all.push(keys.len().to_string());
         all.extend(keys);
         all.extend(args);
-        Reply::parse(self.exec.execute(command, all).await.map_err(unavailable)?)
+        let reply = Reply::parse(self.exec.execute(command, all).await.map_err(unavailable)?)?;
+        // Every function that writes answers `fenced` (having written nothing) while its
+        // partition waits for settlement's check after a restart.
+        if reply.code == "fenced" {
+            return Err(Rejection::Fenced);
+        }
+        Ok(reply)
     }
 
     /// The version of the library loaded in the Redis `exec` reaches, if any.
@@ -565,7 +579,11 @@ impl<E: RedisExecutor> Inventory<E> {
             let reply = self
                 .fcall(
                     "fc_load",
-                    vec![self.schema.sku(p, &spec.sku), self.schema.events(p)],
+                    vec![
+                        self.schema.sku(p, &spec.sku),
+                        self.schema.events(p),
+                        self.schema.guard(p),
+                    ],
                     vec![
                         spec.sku.to_string(),
                         fp.clone(),
@@ -723,6 +741,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.events(home),
                     self.schema.expiries(home),
                     self.schema.buyer_bucket(&req.buyer),
+                    self.schema.guard(home),
                 ],
                 vec![
                     req.sku.to_string(),
@@ -773,6 +792,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.skip(p, &token),
                     self.schema.events(p),
                     self.schema.expiries(p),
+                    self.schema.guard(p),
                 ],
                 vec![
                     req.sku.to_string(),
@@ -809,7 +829,8 @@ impl<E: RedisExecutor> Inventory<E> {
         req: &ReserveRequest,
         search: &Search,
     ) -> Result<Reservation> {
-        let record = home_record(req, self.schema.home_of_buyer(&req.buyer));
+        let home = self.schema.home_of_buyer(&req.buyer);
+        let record = home_record(req, home);
         let mut args = match search {
             Search::Found(r) => vec![
                 "ok".into(),
@@ -837,6 +858,7 @@ impl<E: RedisExecutor> Inventory<E> {
                 vec![
                     self.schema.reservation(&record),
                     self.schema.purchase_count(&req.sku, &req.buyer),
+                    self.schema.guard(home),
                 ],
                 args,
             )
@@ -867,6 +889,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.reservation(id),
                     self.schema.events(p),
                     self.schema.expiries(p),
+                    self.schema.guard(p),
                 ],
                 vec![
                     id.to_string(),
@@ -912,6 +935,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.events(p),
                     self.schema.expiries(p),
                     self.schema.deadlines(p),
+                    self.schema.guard(p),
                 ],
                 vec![
                     id.to_string(),
@@ -972,6 +996,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.psp_event(p, &notice.event_id),
                     self.schema.events(p),
                     self.schema.deadlines(p),
+                    self.schema.guard(p),
                 ],
                 vec![
                     id.to_string(),
@@ -1018,6 +1043,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.order(id),
                     self.schema.events(p),
                     self.schema.deadlines(p),
+                    self.schema.guard(p),
                 ],
                 vec![id.to_string(), reason.into(), now.arg()],
             )
@@ -1056,7 +1082,11 @@ impl<E: RedisExecutor> Inventory<E> {
         let reply = self
             .fcall(
                 "fc_refund",
-                vec![self.schema.order(id), self.schema.events(p)],
+                vec![
+                    self.schema.order(id),
+                    self.schema.events(p),
+                    self.schema.guard(p),
+                ],
                 vec![event.as_str().into(), now.arg()],
             )
             .await?;
