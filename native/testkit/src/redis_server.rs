@@ -125,9 +125,9 @@ impl RedisServer {
             .context("reading the AOF manifest")?;
         let name = manifest
             .lines()
+            .rev()
             .filter(|l| l.ends_with("type i"))
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .last()
+            .find_map(|l| l.split_whitespace().nth(1))
             .context("no incremental AOF file in the manifest")?;
         let path = dir.join(name);
         let len = std::fs::metadata(&path)?.len();

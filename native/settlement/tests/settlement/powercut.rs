@@ -124,12 +124,12 @@ async fn sell(
             .reserve(&reserve_req(sku, &buyer, qty, &format!("r{i}")), now)
             .await
             .map_err(|e| anyhow::anyhow!("reserve {i}: {e}"))?;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             let o = inv
                 .create_order(&order_req(&r.id, &buyer, &format!("o{i}")), now)
                 .await
                 .map_err(|e| anyhow::anyhow!("order {i}: {e}"))?;
-            if i % 6 == 0 {
+            if i.is_multiple_of(6) {
                 inv.apply_payment(&payment(&o.id, &format!("ev{i}"), o.amount), now)
                     .await
                     .map_err(|e| anyhow::anyhow!("pay {i}: {e}"))?;
@@ -240,7 +240,7 @@ async fn a_power_cut_never_oversells() -> Result<()> {
             Err(Rejection::LimitReached { remaining: 0 }),
             "buyer b{i}'s limit was restored"
         );
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             let order = inv
                 .order(&id.order_id())
                 .await
@@ -248,7 +248,7 @@ async fn a_power_cut_never_oversells() -> Result<()> {
             let state = ledger.order_state(&order.id.to_string()).await?;
             assert_eq!(Some(order.state.as_str()), state.as_deref());
         }
-        if i % 6 == 0 {
+        if i.is_multiple_of(6) {
             let (outcome, replayed) = inv
                 .apply_payment(
                     &payment(&id.order_id(), &format!("ev{i}"), 2 * 2_500),
