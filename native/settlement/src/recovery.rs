@@ -93,20 +93,24 @@ impl Recovery {
         let mut new = 0;
         for p in self.schema().partitions() {
             let known = self.ledger.highest_applied(p).await?.is_some();
-            let outcome = self
-                .inventory
-                .guard(p, known)
-                .await
-                .map_err(inventory_error)?;
-            if outcome == flashcart_core::recovery::Guarded::New {
-                new += 1;
-                if known {
-                    tracing::warn!(partition = %p, "ledger guard missing while the ledger holds events of the partition: Redis lost data; fenced until checked");
-                }
-            }
+            new += usize::from(self.guard_one(p, known).await?);
         }
         if new > 0 {
             make_durable(self.inventory.executor()).await?;
+        }
+        Ok(new)
+    }
+
+    /// Guards `p`; whether the guard is new.
+    async fn guard_one(&self, p: Partition, known: bool) -> Result<bool> {
+        let outcome = self
+            .inventory
+            .guard(p, known)
+            .await
+            .map_err(inventory_error)?;
+        let new = outcome == flashcart_core::recovery::Guarded::New;
+        if new && known {
+            tracing::warn!(partition = %p, "ledger guard missing while the ledger holds events of the partition: Redis lost its data; fenced until restored");
         }
         Ok(new)
     }
@@ -126,6 +130,10 @@ impl Recovery {
                 .highest_applied(p)
                 .await?
                 .map(|id| id.to_string());
+            // A guard gone while settlement runs: Redis lost everything (an empty server).
+            if self.guard_one(p, highest.is_some()).await? {
+                make_durable(self.inventory.executor()).await?;
+            }
             match self
                 .inventory
                 .verify(p, highest.as_deref())
@@ -256,6 +264,24 @@ impl Recovery {
                 == Restored::NotFenced
         {
             return Ok(Err("the partition was not fenced: restore refused".into()));
+        }
+        // A stream that was gone took the consumer group with it.
+        let created = self
+            .inventory
+            .executor()
+            .query(
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(self.schema().events(p))
+                    .arg(&self.group)
+                    .arg("$")
+                    .arg("MKSTREAM"),
+            )
+            .await;
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(e.into());
         }
         let verified = self
             .inventory

@@ -162,6 +162,18 @@ impl RedisServer {
         Ok(())
     }
 
+    /// Deletes a killed server's AOF: it restarts empty, as a server whose disk was lost.
+    ///
+    /// # Errors
+    /// When the server still runs or the files cannot be removed.
+    pub fn lose_data(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            bail!("lose the data of a killed server only");
+        }
+        std::fs::remove_dir_all(self.dir.path().join("appendonlydir"))?;
+        Ok(())
+    }
+
     /// Starts a killed server again on the same port and directory: it loads its AOF.
     ///
     /// # Errors

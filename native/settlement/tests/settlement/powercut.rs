@@ -475,3 +475,58 @@ async fn an_interrupted_restore_converges() -> Result<()> {
     assert_eq!(sell_out(&inv, &sku).await?, STOCK - 100);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_everything_is_rebuilt_from_the_ledger() -> Result<()> {
+    let mut env = Env::start(Db::Sqlite)?;
+    let inv = env.inventory().await?;
+    let ledger = env.ledger().await?;
+    let sku = unique_sku("empty");
+    inv.load_sku(&spec(&sku, STOCK, 600_000, 900_000), Now::At(T0))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let recovery = Recovery::new(
+        inv.clone(),
+        ledger.clone(),
+        Arc::new(Metrics::default()),
+        "settlement",
+    );
+    recovery.guard().await?;
+    let mut consumer = env.consumer(env.config("empty")).await?;
+    sell(&inv, &sku, 0, 120, 1).await?;
+    drain(&mut consumer).await?;
+    drop(consumer);
+
+    // The disk is gone: Redis starts empty — no SKU, no guard, no function library.
+    env.redis.kill()?;
+    env.redis.lose_data()?;
+    env.redis.restart()?;
+    let inv = env.inventory().await?; // loads the library again
+    let recovery = Recovery::new(
+        inv.clone(),
+        ledger.clone(),
+        Arc::new(Metrics::default()),
+        "settlement",
+    );
+    let pass = recovery.pass().await?;
+    assert_eq!(pass.restored.len(), 16, "{pass:?}");
+    assert!(pass.fenced.is_empty(), "{pass:?}");
+    let report =
+        flashcart_settlement::reconcile::reconcile(&inv, &ledger, "settlement", false).await?;
+    assert!(!report.has_drift(), "{}", report.render());
+    // The same terms load as `unchanged`: the fingerprint came back with them.
+    assert_eq!(
+        inv.load_sku(&spec(&sku, STOCK, 600_000, 900_000), Now::At(T0))
+            .await,
+        Ok(flashcart_core::inventory::LoadOutcome::Unchanged)
+    );
+    // Settlement reads the new streams (groups recreated), and the sale goes on.
+    assert_eq!(sell_out(&inv, &sku).await?, STOCK - 120);
+    let mut consumer = env.consumer(env.config("empty")).await?;
+    drain(&mut consumer).await?;
+    assert_eq!(
+        taken_in_ledger(&ledger, sku.as_str()).await?,
+        i64::try_from(STOCK)?
+    );
+    Ok(())
+}
