@@ -18,7 +18,9 @@ use flashcart_settlement::{Ledger, Metrics};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::support::{Db, Env, T0, drain, order_req, payment, reserve_req, spec, unique_sku};
+use crate::support::{
+    Db, Env, T0, drain, on_both, order_req, payment, reserve_req, spec, unique_sku,
+};
 
 const STOCK: u64 = 300;
 
@@ -164,9 +166,7 @@ async fn taken_in_ledger(ledger: &Ledger, sku: &str) -> Result<i64> {
         .sum())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_power_cut_never_oversells() -> Result<()> {
-    let mut env = Env::start(Db::Sqlite)?;
+async fn a_power_cut_never_oversells(mut env: Env) -> Result<()> {
     let inv = env.inventory().await?;
     let ledger = env.ledger().await?;
     let sku = unique_sku("cut");
@@ -275,6 +275,7 @@ async fn a_power_cut_never_oversells() -> Result<()> {
     );
     service.stop().await
 }
+on_both!(a_power_cut_never_oversells);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_that_lost_nothing_is_checked_not_restored() -> Result<()> {
@@ -398,9 +399,7 @@ async fn a_checked_partition_costs_no_extra_command() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_restore_converges() -> Result<()> {
-    let mut env = Env::start(Db::Sqlite)?;
+async fn an_interrupted_restore_converges(mut env: Env) -> Result<()> {
     let inv = env.inventory().await?;
     let ledger = env.ledger().await?;
     let sku = unique_sku("halfway");
@@ -475,10 +474,9 @@ async fn an_interrupted_restore_converges() -> Result<()> {
     assert_eq!(sell_out(&inv, &sku).await?, STOCK - 100);
     Ok(())
 }
+on_both!(an_interrupted_restore_converges);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_that_lost_everything_is_rebuilt_from_the_ledger() -> Result<()> {
-    let mut env = Env::start(Db::Sqlite)?;
+async fn a_redis_that_lost_everything_is_rebuilt_from_the_ledger(mut env: Env) -> Result<()> {
     let inv = env.inventory().await?;
     let ledger = env.ledger().await?;
     let sku = unique_sku("empty");
@@ -530,3 +528,4 @@ async fn a_redis_that_lost_everything_is_rebuilt_from_the_ledger() -> Result<()>
     );
     Ok(())
 }
+on_both!(a_redis_that_lost_everything_is_rebuilt_from_the_ledger);
