@@ -245,6 +245,7 @@ impl Recovery {
     ) -> Result<Result<(), String>> {
         let mut writes = Writes {
             left: budget,
+            stopped: false,
             refused: false,
         };
         self.restore_skus(p, image, &mut writes).await?;
@@ -252,7 +253,7 @@ impl Recovery {
         if writes.refused {
             return Ok(Err("the partition was not fenced: restore refused".into()));
         }
-        if writes.left == 0 {
+        if writes.stopped {
             return Ok(Err("stopped before the end (budget)".into()));
         }
         if !highest.is_empty()
@@ -390,12 +391,18 @@ impl Recovery {
 /// Counts restore writes against a budget and remembers a refusal.
 struct Writes {
     left: usize,
+    /// A write was wanted after the budget ran out.
+    stopped: bool,
     refused: bool,
 }
 
 impl Writes {
     fn take(&mut self) -> bool {
-        if self.left == 0 || self.refused {
+        if self.refused {
+            return false;
+        }
+        if self.left == 0 {
+            self.stopped = true;
             return false;
         }
         self.left -= 1;
