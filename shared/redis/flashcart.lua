@@ -38,6 +38,48 @@ local function num(v)
   return tonumber(v) or 0
 end
 
+-- Fencing after a restart (docs/architecture.md, Settlement → Recovery).
+-- A partition whose guard key `{fc:pNN}:ledger` exists is settled into a SQL ledger; after a
+-- restart (or a failover, or a lost AOF tail) Redis may hold less than the ledger knows, and
+-- deciding then could sell units twice. `checked` is PROCESS-LOCAL: a table the functions
+-- capture, kept between the calls of one redis-server process, empty in a new process (a
+-- restart, a promoted replica) and after FUNCTION LOAD. Every function that writes takes its
+-- partition's guard as its LAST key and answers 'fenced' (writing nothing) while the guard
+-- exists and this process has not been checked against the ledger (fc_verify); a partition
+-- without a guard is remembered as checked on its first call (one EXISTS per process), so a
+-- checked partition costs a table lookup and no command.
+local checked = {}
+
+local function fenced(guard)
+  if checked[guard] then return false end
+  if redis.call('EXISTS', guard) == 1 then return true end
+  checked[guard] = true
+  return false
+end
+
+-- A stream id 'ms-seq' as two numbers.
+local function stream_id(id)
+  local ms, seq = string.match(id or '', '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+-- Whether stream id a is below stream id b.
+local function id_below(a, b)
+  local am, as = stream_id(a)
+  local bm, bs = stream_id(b)
+  return am < bm or (am == bm and as < bs)
+end
+
+-- The stream's last generated id, or nil when the stream does not exist.
+local function last_id(key)
+  if redis.call('EXISTS', key) == 0 then return nil end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then return info[i + 1] end
+  end
+  return nil
+end
+
 -- The SKU a reservation id names: rsv_<partition>_<token>_<sku>.
 local function sku_of(rid)
   return string.match(rid, '^rsv_%d+_%x+_(.+)$')
@@ -175,7 +217,7 @@ end
 -- `short`, `skip`) is a record without reservation fields that lives for idem_ttl. One key
 -- serves as idempotency record and reservation, so a reserve at home reads one record and
 -- writes one.
--- KEYS: sku(H) purchases(H) rec(H) events(H) expiries(H) bucket(H)
+-- KEYS: sku(H) purchases(H) rec(H) events(H) expiries(H) bucket(H) guard(H)
 -- ARGV: sku buyer fingerprint qty now rid idem_ttl lease_ms affinity
 --       rate_capacity rate_step_us skip guess
 --   rate_step_us (µs per token) 0 turns the buyer's token bucket off. skip: the SKU's partitions the
@@ -184,6 +226,7 @@ end
 --   if it holds one (KeySchema::first_segment_in), read with the terms to save a read.
 -- Replies: ok(rid seg expires left segs) | sold_out(left) | insufficient(left)
 --   | limit_reached(remaining) | rate_limited(remaining retry_after_ms)  (no writes)
+--   | fenced  (no writes: H is waiting for settlement's check after a restart)
 --   (`left`: the units left in H; a replay answers the stored decision without it)
 --   fallback(segs left) -> H is short (`left` units here): try the SKU's other partitions but
 --                          `skip` with fc_reserve_at, then fc_reserve_finish; the buyer's
@@ -194,6 +237,7 @@ end
 --   unknown_sku | not_on_sale(start) | sale_ended | idem_mismatch | in_flight  (no writes)
 -- A replay, a mismatch, a resume and a refusal before the decision take no token.
 local function fc_reserve(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local now, now_s = clock(args[5])
   local fp, rid = args[3], args[6]
 
@@ -266,11 +310,13 @@ end
 -- fc_reserve_at: one fallback step, in a partition B that holds some of the SKU's segments.
 -- Each token's outcome here is final: a reservation, or a skip marker, so a resumed or
 -- concurrent attempt with the same token can never take stock here twice.
--- KEYS: sku(B) rsv(B) skip(B) events(B) expiries(B)
+-- KEYS: sku(B) rsv(B) skip(B) events(B) expiries(B) guard(B)
 -- ARGV: sku buyer qty now rid skip_ttl affinity guess (as in fc_reserve)
 -- Replies: ok(rid seg expires [left]) | sold_out([left]) | insufficient([left]) | unknown_sku
+--   | fenced
 --   (`left`: the units left in B afterwards; absent when the outcome was decided before)
 local function fc_reserve_at(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local rid = args[5]
   local existing = redis.call('HMGET', keys[2], 'seg', 'expires', 'buyer')
   if existing[1] then
@@ -299,9 +345,10 @@ end
 
 -- fc_reserve_finish: closes a fallback in the request's record rec(H). A failed search gives
 -- the held limit back. Idempotent: only the first finish of a token decides.
--- KEYS: rec(H) purchases(H)
+-- KEYS: rec(H) purchases(H) guard(H)
 -- ARGV: code rid seg expires idem_ttl
 local function fc_reserve_finish(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local rec = redis.call('HMGET', keys[1], 'fp', 'decided', 'hold', 'short')
   if not rec[1] then return { 'unknown', 0 } end
   if rec[2] then return replay(rec[2]) end
@@ -321,10 +368,11 @@ local function fc_reserve_finish(keys, args)
 end
 
 -- fc_release: gives a reservation's stock back (expired, or cancelled by the buyer).
--- KEYS: sku(B) rsv(B) events(B) expiries(B)
+-- KEYS: sku(B) rsv(B) events(B) expiries(B) guard(B)
 -- ARGV: rid reason now keep_ms
--- Replies: released(qty) | not_due(expires) | not_active(state) | unknown_reservation
+-- Replies: released(qty) | not_due(expires) | not_active(state) | unknown_reservation | fenced
 local function fc_release(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local rid, reason, now, keep = args[1], args[2], now_ms(args[3]), tonumber(args[4])
   local r = redis.call('HMGET', keys[2], 'state', 'seg', 'qty', 'expires', 'buyer')
   if not r[1] then return { 'unknown_reservation', 0 } end
@@ -349,11 +397,12 @@ local function order_reply(ord_key, replayed)
 end
 
 -- fc_order_create: turns an active reservation into an order awaiting payment.
--- KEYS: sku(B) rsv(B) ord(B) idem(B) events(B) expiries(B) deadlines(B)
+-- KEYS: sku(B) rsv(B) ord(B) idem(B) events(B) expiries(B) deadlines(B) guard(B)
 -- ARGV: rid oid buyer fingerprint now idem_ttl
 -- Replies: ok(order...) | unknown_reservation | reservation_gone | already_ordered(oid)
---   | idem_mismatch
+--   | idem_mismatch | fenced
 local function fc_order_create(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local rid, oid, buyer, fp = args[1], args[2], args[3], args[4]
   local now, idem_ttl = now_ms(args[5]), tonumber(args[6])
   local rec = redis.call('HGET', keys[4], 'fp')
@@ -390,9 +439,10 @@ end
 -- lives in another partition. The effect's own call then decides and records; this record
 -- makes a second request with the same key and another fingerprint a mismatch, whatever
 -- partition its target lives in.
--- KEYS: idem(K)   ARGV: fingerprint ttl_ms
--- Replies: claimed | same | idem_mismatch
+-- KEYS: idem(K) guard(K)   ARGV: fingerprint ttl_ms
+-- Replies: claimed | same | idem_mismatch | fenced
 local function fc_idem_claim(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local rec = redis.call('HGET', keys[1], 'fp')
   if rec then
     if rec ~= args[1] then return { 'idem_mismatch', 0 } end
@@ -407,9 +457,10 @@ end
 -- deciding anything (unknown reservation or order, reservation gone), so the buyer can fix the
 -- request and retry with the same key, as in one partition. Only this fingerprint's claim is
 -- released, and never a record an effect wrote (it has an 'oid').
--- KEYS: idem(K)   ARGV: fingerprint
--- Replies: released | kept
+-- KEYS: idem(K) guard(K)   ARGV: fingerprint
+-- Replies: released | kept | fenced
 local function fc_idem_release(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local rec = redis.call('HMGET', keys[1], 'fp', 'oid')
   if rec[1] ~= args[1] or rec[2] then return { 'kept', 0 } end
   redis.call('DEL', keys[1])
@@ -424,11 +475,13 @@ local function fc_order_get(keys, _args)
 end
 
 -- fc_payment: applies a payment provider's event to an order.
--- KEYS: sku(B) ord(B) psp(B) events(B) deadlines(B)
+-- KEYS: sku(B) ord(B) psp(B) events(B) deadlines(B) guard(B)
 -- ARGV: oid event_id amount currency now psp_ttl
 -- Replies (all but unknown_order are recorded, so a replayed PSP event answers the same):
 --   paid | paid_after_cancel | amount_mismatch | duplicate_payment(state) | unknown_order
+--   (and fenced, not recorded)
 local function fc_payment(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local oid, event_id, amount, cur = args[1], args[2], tonumber(args[3]), args[4]
   local now, psp_ttl = now_ms(args[5]), tonumber(args[6])
   local seen = redis.call('GET', keys[3])
@@ -469,10 +522,11 @@ end
 
 -- fc_order_cancel: cancels an unpaid order (deadline passed, or the buyer asked) and gives
 -- its stock back.
--- KEYS: sku(B) ord(B) events(B) deadlines(B)
+-- KEYS: sku(B) ord(B) events(B) deadlines(B) guard(B)
 -- ARGV: oid reason now
--- Replies: cancelled | not_due(deadline) | illegal(state) | unknown_order
+-- Replies: cancelled | not_due(deadline) | illegal(state) | unknown_order | fenced
 local function fc_order_cancel(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local oid, reason, now = args[1], args[2], now_ms(args[3])
   local o = redis.call('HMGET', keys[2], 'state', 'seg', 'qty', 'deadline', 'sku', 'id')
   if not o[1] then return { 'unknown_order', 0 } end
@@ -490,10 +544,11 @@ end
 
 -- fc_refund: refund_request (paid | paid_after_cancel -> refund_pending) or refund_complete
 -- (refund_pending -> refunded). Sold units stay sold: refunded goods are not restocked.
--- KEYS: ord(B) events(B)
+-- KEYS: ord(B) events(B) guard(B)
 -- ARGV: event now
--- Replies: ok(state) | illegal(state) | unknown_order
+-- Replies: ok(state) | illegal(state) | unknown_order | fenced
 local function fc_refund(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local event, now = args[1], now_ms(args[2])
   local o = redis.call('HMGET', keys[1], 'state', 'sku', 'id')
   if not o[1] then return { 'unknown_order', 0 } end
@@ -524,23 +579,15 @@ local function fc_stock(keys, _args)
   return out
 end
 
--- fc_load: preheats one partition with the SKU's terms and its segments here.
--- KEYS: sku(P) events(P)
--- ARGV: sku fingerprint stock segs price cur start end limit ttl paywin parts shares now
---   shares = "seg:initial,seg:initial" (may be empty: this partition only keeps the terms)
--- Replies: loaded | unchanged (same terms already here) | conflict (other terms)
-local function fc_load(keys, args)
-  local existing = redis.call('HGET', keys[1], 'fp')
-  if existing then
-    if existing == args[2] then return { 'unchanged', 1 } end
-    return { 'conflict', 0 }
-  end
-  local now = now_ms(args[14])
+-- Writes one partition's SKU hash: the terms (`args` as fc_load takes them) and the segments
+-- living here, each { seg, initial, available, reserved, ordered, sold }.
+local function write_sku(key, args, segments)
   local here, levels = {}, {}
-  for seg, initial in string.gmatch(args[13], '(%d+):(%d+)') do
+  for _, v in ipairs(segments) do
+    local seg = v[1]
     here[#here + 1] = seg
-    for _, f in ipairs({ 'a' .. seg, initial, 'r' .. seg, 0, 'o' .. seg, 0, 's' .. seg, 0,
-      'i' .. seg, initial }) do
+    for _, f in ipairs({ 'a' .. seg, v[3], 'r' .. seg, v[4], 'o' .. seg, v[5], 's' .. seg, v[6],
+      'i' .. seg, v[2] }) do
       levels[#levels + 1] = f
     end
   end
@@ -552,11 +599,31 @@ local function fc_load(keys, args)
     'paywin', args[11], 'parts', args[12] }) do
     fields[#fields + 1] = f
   end
-  redis.call('HSET', keys[1], unpack(fields))
+  redis.call('HSET', key, unpack(fields))
+end
+
+-- fc_load: preheats one partition with the SKU's terms and its segments here.
+-- KEYS: sku(P) events(P) guard(P)
+-- ARGV: sku fingerprint stock segs price cur start end limit ttl paywin parts shares now
+--   shares = "seg:initial,seg:initial" (may be empty: this partition only keeps the terms)
+-- Replies: loaded | unchanged (same terms already here) | conflict (other terms) | fenced
+local function fc_load(keys, args)
+  if fenced(keys[#keys]) then return { 'fenced', 0 } end
+  local existing = redis.call('HGET', keys[1], 'fp')
+  if existing then
+    if existing == args[2] then return { 'unchanged', 1 } end
+    return { 'conflict', 0 }
+  end
+  local now = now_ms(args[14])
+  local segments = {}
+  for seg, initial in string.gmatch(args[13], '(%d+):(%d+)') do
+    segments[#segments + 1] = { seg, initial, initial, 0, 0, 0 }
+  end
+  write_sku(keys[1], args, segments)
   redis.call('XADD', keys[2], '*', 'type', 'sku.loaded', 'at', now, 'sku', args[1],
     'stock', args[3], 'segs', args[4], 'segments', args[13], 'price', args[5],
     'currency', args[6], 'start', args[7], 'end', args[8], 'limit', args[9], 'ttl', args[10],
-    'paywin', args[11])
+    'paywin', args[11], 'fp', args[2])
   return { 'loaded', 0 }
 end
 
@@ -569,6 +636,162 @@ local function fc_due(keys, args)
   local due = redis.call('ZRANGE', keys[1], '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(args[2]))
   for _, t in ipairs(due) do out[#out + 1] = t end
   return out
+end
+
+-- Recovery: settlement's side of the fence (see `checked` above). Only settlement calls these.
+
+-- fc_guard: marks a partition as settled into a ledger (its guard key, kept for good).
+-- KEYS: guard(P)
+-- ARGV: lost ('1' when the ledger already holds events of this partition: a guard missing
+--       then means Redis lost it, so the partition is fenced now; '0' for a partition the
+--       ledger has never seen, which this process keeps deciding for)
+-- Replies: guarded(existed 0|1)
+local function fc_guard(keys, args)
+  if redis.call('EXISTS', keys[1]) == 1 then return { 'guarded', 1 } end
+  redis.call('SET', keys[1], '1')
+  if args[1] == '1' then checked[keys[1]] = nil else checked[keys[1]] = true end
+  return { 'guarded', 0 }
+end
+
+-- fc_verify: lifts the fence of a partition whose stream did not go back in time: its last
+-- generated id is at or above `highest`, the ledger's highest applied id for it ('' when the
+-- ledger holds none). Atomic, and nothing writes to a fenced partition's stream, so no new
+-- id can hide a loss.
+-- KEYS: guard(P) events(P)
+-- ARGV: highest
+-- Replies: verified(was 0|1) | behind(last id, '' when the stream is gone)
+local function fc_verify(keys, args)
+  if checked[keys[1]] then return { 'verified', 1 } end
+  if args[1] ~= '' then
+    local last = last_id(keys[2])
+    if not last or id_below(last, args[1]) then return { 'behind', 0, last or '' } end
+  end
+  checked[keys[1]] = true
+  return { 'verified', 0 }
+end
+
+-- fc_fence_state: whether writes to the partition are fenced now (read-only).
+-- KEYS: guard(P)
+-- Reply: ok(0|1)
+local function fc_fence_state(keys, _args)
+  if checked[keys[1]] then return { 'ok', 0, 0 } end
+  return { 'ok', 0, redis.call('EXISTS', keys[1]) }
+end
+
+-- The restore functions write what the ledger knows into a FENCED partition (and answer
+-- not_fenced, writing nothing, anywhere else): each is idempotent, so a restore that stopped
+-- halfway is simply run again. No events: the ledger has them already.
+
+-- fc_restore_sku: one partition's SKU hash, terms and levels, as the ledger has them.
+-- KEYS: sku(P) guard(P)
+-- ARGV: as fc_load's, but `shares` = "seg:initial:available:reserved:ordered:sold,..."
+local function fc_restore_sku(keys, args)
+  if not fenced(keys[#keys]) then return { 'not_fenced', 0 } end
+  local segments = {}
+  for seg, i, a, r, o, s in string.gmatch(args[13],
+    '(%d+):(%d+):(%d+):(%d+):(%d+):(%d+)') do
+    segments[#segments + 1] = { seg, i, a, r, o, s }
+  end
+  redis.call('DEL', keys[1])
+  write_sku(keys[1], args, segments)
+  return { 'restored', 0 }
+end
+
+-- fc_restore_reservation: a reservation's record (a request fingerprint already there is
+-- kept) and its expiry timer while active.
+-- KEYS: rsv(P) expiries(P) guard(P)
+-- ARGV: rid state seg qty expires buyer keep_ms ('' to keep for good; else how long a
+--       released record still lives)
+local function fc_restore_reservation(keys, args)
+  if not fenced(keys[#keys]) then return { 'not_fenced', 0 } end
+  redis.call('HDEL', keys[1], 'lease', 'hold', 'short', 'skip', 'decided')
+  redis.call('HSET', keys[1], 'state', args[2], 'seg', args[3], 'qty', args[4],
+    'expires', args[5], 'buyer', args[6])
+  if args[2] == 'active' then
+    redis.call('ZADD', keys[2], args[5], args[1])
+  else
+    redis.call('ZREM', keys[2], args[1])
+  end
+  if args[7] == '' then
+    redis.call('PERSIST', keys[1])
+  else
+    redis.call('PEXPIRE', keys[1], args[7])
+  end
+  return { 'restored', 0 }
+end
+
+-- fc_restore_decision: the request's record in the buyer's home partition H for a reservation
+-- a fallback search found in another partition: its decision, replayed to a retry with the
+-- same key. A record that holds a decision already is left as it is; a search still marked
+-- in flight is closed with this one (the held limit stays held: it is the reservation's).
+-- KEYS: rec(H) guard(H)
+-- ARGV: rid seg expires ttl_ms
+local function fc_restore_decision(keys, args)
+  if not fenced(keys[#keys]) then return { 'not_fenced', 0 } end
+  local rec = redis.call('HMGET', keys[1], 'seg', 'decided')
+  if rec[1] or rec[2] then return { 'restored', 1 } end
+  redis.call('HDEL', keys[1], 'lease', 'hold', 'short', 'skip')
+  redis.call('HSET', keys[1], 'decided', table.concat({ 'ok', '0', args[1], args[2], args[3] },
+    '\t'))
+  redis.call('PEXPIRE', keys[1], args[4])
+  return { 'restored', 0 }
+end
+
+-- fc_restore_order: an order's record and its payment deadline timer while unpaid.
+-- KEYS: ord(P) deadlines(P) guard(P)
+-- ARGV: oid rsv sku seg qty buyer amount cur state deadline created psp paid_at cancelled_at
+--       (the last three '' when the order has none)
+local function fc_restore_order(keys, args)
+  if not fenced(keys[#keys]) then return { 'not_fenced', 0 } end
+  redis.call('DEL', keys[1])
+  redis.call('HSET', keys[1], 'id', args[1], 'rsv', args[2], 'sku', args[3], 'seg', args[4],
+    'qty', args[5], 'buyer', args[6], 'amount', args[7], 'cur', args[8], 'state', args[9],
+    'deadline', args[10], 'created', args[11])
+  if args[12] ~= '' then redis.call('HSET', keys[1], 'psp', args[12], 'paid_at', args[13]) end
+  if args[14] ~= '' then redis.call('HSET', keys[1], 'cancelled_at', args[14]) end
+  if args[9] == 'pending_payment' then
+    redis.call('ZADD', keys[2], args[10], args[1])
+  else
+    redis.call('ZREM', keys[2], args[1])
+  end
+  return { 'restored', 0 }
+end
+
+-- fc_restore_payment: a payment provider event's recorded outcome, so its replays stay no-ops.
+-- KEYS: psp(P) guard(P)
+-- ARGV: code state ttl_ms
+local function fc_restore_payment(keys, args)
+  if not fenced(keys[#keys]) then return { 'not_fenced', 0 } end
+  redis.call('SET', keys[1], cjson.encode({ args[1], 0, args[2] }), 'PX', args[3])
+  return { 'restored', 0 }
+end
+
+-- fc_restore_count: a buyer's purchase counter, raised to at least what the ledger counts
+-- (never lowered: a limit held by a search under way is not in the ledger).
+-- KEYS: purchases(H) guard(H)
+-- ARGV: units
+local function fc_restore_count(keys, args)
+  if not fenced(keys[#keys]) then return { 'not_fenced', 0 } end
+  if num(redis.call('GET', keys[1])) < tonumber(args[1]) then
+    redis.call('SET', keys[1], args[1])
+  end
+  return { 'restored', 0 }
+end
+
+-- fc_restore_stream: moves the stream's last id up to the ledger's highest applied id, so new
+-- events never take the identities of applied ones. Creates the stream when it is gone.
+-- KEYS: events(P) guard(P)
+-- ARGV: highest
+local function fc_restore_stream(keys, args)
+  if not fenced(keys[#keys]) then return { 'not_fenced', 0 } end
+  local last = last_id(keys[1])
+  if not last then
+    -- XADD then trim to nothing: an empty stream whose last id is `highest`.
+    redis.call('XADD', keys[1], 'MAXLEN', '0', args[1], 'type', 'restored')
+  elseif id_below(last, args[1]) then
+    redis.call('XSETID', keys[1], args[1])
+  end
+  return { 'restored', 0 }
 end
 
 local function fc_version(_keys, _args)
@@ -590,4 +813,14 @@ redis.register_function('fc_refund', fc_refund)
 redis.register_function { function_name = 'fc_stock', callback = fc_stock, flags = ro }
 redis.register_function('fc_load', fc_load)
 redis.register_function { function_name = 'fc_due', callback = fc_due, flags = ro }
+redis.register_function('fc_guard', fc_guard)
+redis.register_function('fc_verify', fc_verify)
+redis.register_function { function_name = 'fc_fence_state', callback = fc_fence_state, flags = ro }
+redis.register_function('fc_restore_sku', fc_restore_sku)
+redis.register_function('fc_restore_reservation', fc_restore_reservation)
+redis.register_function('fc_restore_decision', fc_restore_decision)
+redis.register_function('fc_restore_order', fc_restore_order)
+redis.register_function('fc_restore_payment', fc_restore_payment)
+redis.register_function('fc_restore_count', fc_restore_count)
+redis.register_function('fc_restore_stream', fc_restore_stream)
 redis.register_function { function_name = 'fc_version', callback = fc_version, flags = ro }

@@ -401,9 +401,9 @@ pub enum Search {
 }
 
 /// A function's flat reply: `code`, `replayed`, then fields.
-struct Reply {
-    code: String,
-    replayed: bool,
+pub(crate) struct Reply {
+    pub(crate) code: String,
+    pub(crate) replayed: bool,
     fields: Vec<Value>,
 }
 
@@ -422,14 +422,14 @@ impl Reply {
         })
     }
 
-    fn text(&self, i: usize) -> Result<String> {
+    pub(crate) fn text(&self, i: usize) -> Result<String> {
         self.fields
             .get(i)
             .and_then(Value::text)
             .ok_or_else(|| bad_reply(&format!("{}: field {i}", self.code)))
     }
 
-    fn uint(&self, i: usize) -> Result<u64> {
+    pub(crate) fn uint(&self, i: usize) -> Result<u64> {
         self.fields
             .get(i)
             .and_then(Value::int)
@@ -449,7 +449,7 @@ impl Reply {
         self.fields.get(i).and_then(Value::text)
     }
 
-    fn unexpected(&self) -> Rejection {
+    pub(crate) fn unexpected(&self) -> Rejection {
         bad_reply(&format!("unexpected code {}", self.code))
     }
 }
@@ -497,8 +497,16 @@ impl<E: RedisExecutor> Inventory<E> {
         &self.exec
     }
 
-    async fn fcall(&self, function: &str, keys: Vec<String>, args: Vec<String>) -> Result<Reply> {
-        let command = if matches!(function, "fc_stock" | "fc_order_get" | "fc_due") {
+    pub(crate) async fn fcall(
+        &self,
+        function: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Reply> {
+        let command = if matches!(
+            function,
+            "fc_stock" | "fc_order_get" | "fc_due" | "fc_fence_state"
+        ) {
             "FCALL_RO"
         } else {
             "FCALL"
@@ -508,7 +516,13 @@ impl<E: RedisExecutor> Inventory<E> {
         all.push(keys.len().to_string());
         all.extend(keys);
         all.extend(args);
-        Reply::parse(self.exec.execute(command, all).await.map_err(unavailable)?)
+        let reply = Reply::parse(self.exec.execute(command, all).await.map_err(unavailable)?)?;
+        // Every function that writes answers `fenced` (having written nothing) while its
+        // partition waits for settlement's check after a restart.
+        if reply.code == "fenced" {
+            return Err(Rejection::Fenced);
+        }
+        Ok(reply)
     }
 
     /// The version of the library loaded in the Redis `exec` reaches, if any.
@@ -573,7 +587,11 @@ impl<E: RedisExecutor> Inventory<E> {
             let reply = self
                 .fcall(
                     "fc_load",
-                    vec![self.schema.sku(p, &spec.sku), self.schema.events(p)],
+                    vec![
+                        self.schema.sku(p, &spec.sku),
+                        self.schema.events(p),
+                        self.schema.guard(p),
+                    ],
                     vec![
                         spec.sku.to_string(),
                         fp.clone(),
@@ -731,6 +749,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.events(home),
                     self.schema.expiries(home),
                     self.schema.buyer_bucket(&req.buyer),
+                    self.schema.guard(home),
                 ],
                 vec![
                     req.sku.to_string(),
@@ -781,6 +800,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.skip(p, &token),
                     self.schema.events(p),
                     self.schema.expiries(p),
+                    self.schema.guard(p),
                 ],
                 vec![
                     req.sku.to_string(),
@@ -817,7 +837,8 @@ impl<E: RedisExecutor> Inventory<E> {
         req: &ReserveRequest,
         search: &Search,
     ) -> Result<Reservation> {
-        let record = home_record(req, self.schema.home_of_buyer(&req.buyer));
+        let home = self.schema.home_of_buyer(&req.buyer);
+        let record = home_record(req, home);
         let mut args = match search {
             Search::Found(r) => vec![
                 "ok".into(),
@@ -845,6 +866,7 @@ impl<E: RedisExecutor> Inventory<E> {
                 vec![
                     self.schema.reservation(&record),
                     self.schema.purchase_count(&req.sku, &req.buyer),
+                    self.schema.guard(home),
                 ],
                 args,
             )
@@ -875,6 +897,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.reservation(id),
                     self.schema.events(p),
                     self.schema.expiries(p),
+                    self.schema.guard(p),
                 ],
                 vec![
                     id.to_string(),
@@ -909,17 +932,22 @@ impl<E: RedisExecutor> Inventory<E> {
         let p = self.check_partition(req.reservation.partition())?;
         // The key is bound in the buyer's home partition; when the reservation lives there
         // too, the order's own record is that binding (one call).
-        let claim = (self.schema.home_of_buyer(&req.buyer) != p)
-            .then(|| self.schema.order_claim(&req.buyer, &req.key));
-        if let Some(claim) = &claim {
-            self.claim_key(claim, &req.fingerprint, self.settings.idempotency_ttl_ms)
-                .await?;
+        let home = self.schema.home_of_buyer(&req.buyer);
+        let claim = (home != p).then(|| (home, self.schema.order_claim(&req.buyer, &req.key)));
+        if let Some((home, claim)) = &claim {
+            self.claim_key(
+                *home,
+                claim,
+                &req.fingerprint,
+                self.settings.idempotency_ttl_ms,
+            )
+            .await?;
         }
         let created = self.create_order_in(p, req, now).await;
-        if let (Some(claim), Err(e)) = (&claim, &created)
+        if let (Some((home, claim)), Err(e)) = (&claim, &created)
             && e.decided_nothing()
         {
-            self.release_key(claim, &req.fingerprint).await?;
+            self.release_key(*home, claim, &req.fingerprint).await?;
         }
         created
     }
@@ -938,6 +966,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.events(p),
                     self.schema.expiries(p),
                     self.schema.deadlines(p),
+                    self.schema.guard(p),
                 ],
                 vec![
                     id.to_string(),
@@ -963,11 +992,17 @@ impl<E: RedisExecutor> Inventory<E> {
 
     /// Binds an idempotency key to the request that first used it ([`KeySchema::order_claim`],
     /// [`KeySchema::psp_claim`]): a replay passes, another request with the key is refused.
-    async fn claim_key(&self, key: &str, fingerprint: &str, ttl_ms: u64) -> Result<()> {
+    async fn claim_key(
+        &self,
+        p: Partition,
+        key: &str,
+        fingerprint: &str,
+        ttl_ms: u64,
+    ) -> Result<()> {
         let reply = self
             .fcall(
                 "fc_idem_claim",
-                vec![key.to_owned()],
+                vec![key.to_owned(), self.schema.guard(p)],
                 vec![fingerprint.to_owned(), ttl_ms.to_string()],
             )
             .await?;
@@ -979,11 +1014,11 @@ impl<E: RedisExecutor> Inventory<E> {
     }
 
     /// Gives back a claim whose request was refused before anything was decided.
-    async fn release_key(&self, key: &str, fingerprint: &str) -> Result<()> {
+    async fn release_key(&self, p: Partition, key: &str, fingerprint: &str) -> Result<()> {
         let reply = self
             .fcall(
                 "fc_idem_release",
-                vec![key.to_owned()],
+                vec![key.to_owned(), self.schema.guard(p)],
                 vec![fingerprint.to_owned()],
             )
             .await?;
@@ -1022,15 +1057,16 @@ impl<E: RedisExecutor> Inventory<E> {
         let p = self.check_partition(notice.order.partition())?;
         // The event id is bound to this payment in its own partition first: the same id for
         // another order (in any partition) is refused, a replay passes.
+        let at = self.schema.home_of_psp_event(&notice.event_id);
         let claim = self.schema.psp_claim(&notice.event_id);
         let fingerprint = notice.fingerprint();
-        self.claim_key(&claim, &fingerprint, self.settings.psp_event_ttl_ms)
+        self.claim_key(at, &claim, &fingerprint, self.settings.psp_event_ttl_ms)
             .await?;
         let applied = self.apply_payment_in(p, notice, now).await;
         if let Err(e) = &applied
             && e.decided_nothing()
         {
-            self.release_key(&claim, &fingerprint).await?;
+            self.release_key(at, &claim, &fingerprint).await?;
         }
         applied
     }
@@ -1051,6 +1087,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.psp_event(p, &notice.event_id),
                     self.schema.events(p),
                     self.schema.deadlines(p),
+                    self.schema.guard(p),
                 ],
                 vec![
                     id.to_string(),
@@ -1097,6 +1134,7 @@ impl<E: RedisExecutor> Inventory<E> {
                     self.schema.order(id),
                     self.schema.events(p),
                     self.schema.deadlines(p),
+                    self.schema.guard(p),
                 ],
                 vec![id.to_string(), reason.into(), now.arg()],
             )
@@ -1135,7 +1173,11 @@ impl<E: RedisExecutor> Inventory<E> {
         let reply = self
             .fcall(
                 "fc_refund",
-                vec![self.schema.order(id), self.schema.events(p)],
+                vec![
+                    self.schema.order(id),
+                    self.schema.events(p),
+                    self.schema.guard(p),
+                ],
                 vec![event.as_str().into(), now.arg()],
             )
             .await?;

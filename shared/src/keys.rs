@@ -232,6 +232,14 @@ impl KeySchema {
         format!("{}:deadlines", p.tag())
     }
 
+    /// The partition's ledger guard: present once settlement settles the partition into a
+    /// ledger, kept for good. While it exists, a redis-server process that has not been
+    /// checked against the ledger since it started refuses every write to the partition
+    /// (fenced), see `checked` in the function library.
+    pub fn guard(&self, p: Partition) -> String {
+        format!("{}:ledger", p.tag())
+    }
+
     /// A buyer's token bucket for deducts (in the buyer's home partition, beside the records
     /// a reserve starts with, so the bucket costs no call of its own).
     pub fn buyer_bucket(&self, buyer: &BuyerId) -> String {

@@ -10,6 +10,7 @@
 //! - [`problem`]: RFC 9457 problem details and the domain's rejections
 //! - [`library`]: the Redis function library (Lua) and its version
 //! - [`inventory`]: the operations (load, reserve, order, pay, cancel, release, stock)
+//! - [`recovery`]: the ledger guard, the fence after a restart, and restoring from the ledger
 //! - [`signature`]: the payment provider's webhook signature (Stripe-compatible)
 //! - [`event`]: the events each decision appends to its partition's stream
 //! - [`exec`]: the one door to Redis
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod library;
 pub mod order;
 pub mod problem;
+pub mod recovery;
 pub mod signature;
 pub mod sku;
 

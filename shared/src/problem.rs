@@ -126,6 +126,11 @@ pub enum Rejection {
         /// The methods the route takes, for the `Allow` header.
         allow: &'static str,
     },
+    /// The partition this request needs is fenced (503, `Retry-After`): Redis restarted and
+    /// settlement has not yet checked it against the ledger (or is restoring it). Nothing was
+    /// written; retry shortly.
+    #[error("this part of the inventory is being checked after a restart; retry shortly")]
+    Fenced,
     /// The inventory could not be reached or answered unexpectedly (503); retry later. The
     /// text is the cause for the operator's log; the buyer's problem body never carries it
     /// (a Redis client's message names hosts, scripts and internals).
@@ -155,7 +160,8 @@ impl Rejection {
             | Rejection::PayloadTooLarge
             | Rejection::UnsupportedMediaType
             | Rejection::NotFound
-            | Rejection::MethodNotAllowed { .. } => true,
+            | Rejection::MethodNotAllowed { .. }
+            | Rejection::Fenced => true,
             Rejection::IdempotencyMismatch
             | Rejection::IdempotencyInFlight
             | Rejection::SoldOut
@@ -192,7 +198,7 @@ impl Rejection {
             Rejection::UnsupportedMediaType => 415,
             Rejection::IdempotencyMismatch => 422,
             Rejection::RateLimited { .. } => 429,
-            Rejection::Unavailable(_) => 503,
+            Rejection::Fenced | Rejection::Unavailable(_) => 503,
         }
     }
 
@@ -222,6 +228,7 @@ impl Rejection {
             Rejection::UnsupportedMediaType => "unsupported-media-type",
             Rejection::NotFound => "not-found",
             Rejection::MethodNotAllowed { .. } => "method-not-allowed",
+            Rejection::Fenced => "inventory-recovering",
             Rejection::Unavailable(_) => "inventory-unavailable",
         }
     }
@@ -309,6 +316,7 @@ mod tests {
             Rejection::UnsupportedMediaType,
             Rejection::NotFound,
             Rejection::MethodNotAllowed { allow: "GET" },
+            Rejection::Fenced,
             Rejection::Unavailable("down".into()),
         ]
     }

@@ -93,6 +93,10 @@ impl ApiResponse {
         if let Rejection::MethodNotAllowed { allow } = rejection {
             response.headers.push(("allow".into(), (*allow).into()));
         }
+        if let Rejection::Fenced = rejection {
+            // Settlement checks a fenced partition every maintenance pass (1 s by default).
+            response.headers.push(("retry-after".into(), "1".into()));
+        }
         if let Rejection::Unauthorized = rejection {
             response
                 .headers
@@ -155,4 +159,27 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reje
             format!("{e}"),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fenced_partition_is_a_503_with_retry_after() {
+        let r = ApiResponse::problem(&Rejection::Fenced);
+        assert_eq!(r.status, 503);
+        assert!(
+            r.headers
+                .iter()
+                .any(|(n, v)| n == "retry-after" && v == "1")
+        );
+        assert!(
+            r.headers
+                .iter()
+                .any(|(n, v)| n == "content-type" && v == PROBLEM_JSON)
+        );
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["type"], "urn:flashcart:problem:inventory-recovering");
+    }
 }

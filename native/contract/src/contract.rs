@@ -332,6 +332,22 @@ pub async fn every_problem_type_of_the_contract(kind: Kind) {
     let unsigned = ApiRequest::new("POST", "/v1/payments/callback").json(&serde_json::json!({}));
     expect(n.send(unsigned).await, 400, "invalid-signature");
 
+    // A partition fenced after a Redis restart (its guard set as settlement sets a lost one):
+    // 503 with Retry-After, nothing taken; decided again once settlement has checked it.
+    let home = KeySchema::default().home_of_buyer(&BuyerId::parse("fenced").expect("buyer"));
+    n.inventory.guard(home, true).await.expect("guard");
+    let fenced = n.send(deduct_req("plenty", "fenced", 1, "fz")).await;
+    assert_eq!(fenced.header_value("retry-after"), Some("1"), "{fenced:?}");
+    expect(fenced, 503, "inventory-recovering");
+    assert_eq!(
+        n.inventory.verify(home, None).await,
+        Ok(flashcart_core::recovery::Verified::Lifted)
+    );
+    assert_eq!(
+        n.send(deduct_req("plenty", "fenced", 1, "fz")).await.status,
+        201
+    );
+
     // Redis without the function library: 503, and the body names no internals (the
     // client's message names the function and the server; the log has it).
     redis::cmd("FUNCTION")

@@ -29,7 +29,7 @@ pub const PSP_SECRET: &str = "whsec_current";
 
 /// Every problem type the edge contract emits; [`crate::contract`] sees each, and
 /// `docs/openapi.json` lists exactly these.
-pub const PROBLEM_TYPES: [&str; 23] = [
+pub const PROBLEM_TYPES: [&str; 24] = [
     "invalid-request",
     "idempotency-key-missing",
     "idempotency-key-reused",
@@ -53,6 +53,7 @@ pub const PROBLEM_TYPES: [&str; 23] = [
     "not-found",
     "method-not-allowed",
     "inventory-unavailable",
+    "inventory-recovering",
 ];
 
 /// Stock reads stay fresh this long in tests, so "the second read is a cache hit" does not

@@ -13,13 +13,16 @@ pub struct ReconcileArgs {
     /// Where Redis and the ledger are.
     #[command(flatten)]
     pub config: Config,
-    /// Rewrite Redis segment levels from the ledger where that is provably safe (see the
-    /// settlement design notes); other drift is only reported.
+    /// Check partitions fenced after a Redis restart (restoring them from the ledger when
+    /// Redis lost writes the ledger has), then rewrite Redis segment levels from the ledger
+    /// where that is provably safe (see the settlement design notes); other drift is only
+    /// reported.
     #[arg(long)]
     pub repair: bool,
 }
 
-/// Runs a reconciliation and prints its table to stdout. Returns whether drift was found (the
+/// Runs a reconciliation and prints its table to stdout (with `--repair`, first a recovery
+/// pass over partitions fenced after a Redis restart). Returns whether drift was found (the
 /// command exits non-zero then).
 ///
 /// # Errors
@@ -27,6 +30,31 @@ pub struct ReconcileArgs {
 pub async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<bool> {
     let ledger = args.config.open_ledger().await?;
     let inventory = args.config.open_inventory().await?;
+    if args.repair {
+        // A partition fenced after a Redis restart is checked, and restored from the ledger
+        // if Redis lost writes the ledger has, before the levels are compared.
+        let recovery = crate::recovery::Recovery::new(
+            inventory.clone(),
+            ledger.clone(),
+            std::sync::Arc::new(crate::Metrics::default()),
+            &args.config.group,
+        );
+        let pass = recovery
+            .pass()
+            .await
+            .context("recovering fenced partitions")?;
+        for p in &pass.restored {
+            println!(
+                "partition {p}: restored from the ledger after Redis lost writes; fence lifted"
+            );
+        }
+        for p in &pass.lifted {
+            println!("partition {p}: fenced after a Redis restart, nothing lost; fence lifted");
+        }
+        for (p, why) in &pass.fenced {
+            println!("partition {p}: still fenced: {why}");
+        }
+    }
     let report = crate::reconcile::reconcile(&inventory, &ledger, &args.config.group, args.repair)
         .await
         .context("reconciling")?;

@@ -154,6 +154,22 @@ pub async fn retry<C: ConnectionLike + Send>(
     schema: &KeySchema,
     id: DeadLetterId,
 ) -> Result<String> {
+    // A new entry would move the stream's id past a loss the fence is waiting to check.
+    let state: redis::RedisResult<redis::Value> = redis::cmd("FCALL_RO")
+        .arg("fc_fence_state")
+        .arg(1)
+        .arg(schema.guard(id.partition))
+        .query_async(redis)
+        .await;
+    if let Ok(v) = state
+        && crate::reply::items(&v).get(2).and_then(crate::reply::int) == Some(1)
+    {
+        return Err(Error::Invalid(format!(
+            "partition {} is fenced after a Redis restart: settlement must check it against \
+             the ledger first (a restore waits for its dead letters to be dropped)",
+            id.partition
+        )));
+    }
     let letter = get(redis, id).await?;
     let mut fields = letter.fields.clone();
     if !fields.iter().any(|(k, _)| k == ORIGIN_FIELD) {

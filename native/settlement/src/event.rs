@@ -163,6 +163,10 @@ pub enum Body {
         limit: i64,
         ttl: i64,
         paywin: i64,
+        /// The fingerprint of the terms as loaded (absent in events written before it was
+        /// carried): what a restore writes back so a second load of the same terms stays
+        /// `unchanged`.
+        fp: Option<String>,
     },
     ReservationCreated {
         rsv: String,
@@ -330,6 +334,7 @@ impl Event {
                 limit: f.int("limit")?,
                 ttl: f.int("ttl")?,
                 paywin: f.int("paywin")?,
+                fp: f.0.get("fp").map(|v| (*v).to_owned()),
             },
             "reservation.created" => Body::ReservationCreated {
                 rsv: f.nonempty("rsv")?,

@@ -19,6 +19,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
 
 mod bulk;
+mod image;
+
+pub use image::{OrderRow, PaymentRow, ReservationRow, SkuRow};
 
 use crate::event::{Body, EntryId, Event};
 use flashcart_core::keys::Partition;
@@ -162,23 +165,46 @@ pub struct Ledger {
 
 fn migrator(backend: Backend) -> Migrator {
     // Embedded, so a deployed binary needs no migrations directory beside it.
-    let (sql, name) = match backend {
-        Backend::Sqlite => (
-            include_str!("../migrations/sqlite/0001_ledger.sql"),
-            "ledger",
-        ),
-        Backend::Postgres => (
-            include_str!("../migrations/postgres/0001_ledger.sql"),
-            "ledger",
-        ),
+    let files: [(i64, &str, &'static str); 2] = match backend {
+        Backend::Sqlite => [
+            (
+                1,
+                "ledger",
+                include_str!("../migrations/sqlite/0001_ledger.sql"),
+            ),
+            (
+                2,
+                "sku fingerprint",
+                include_str!("../migrations/sqlite/0002_sku_fingerprint.sql"),
+            ),
+        ],
+        Backend::Postgres => [
+            (
+                1,
+                "ledger",
+                include_str!("../migrations/postgres/0001_ledger.sql"),
+            ),
+            (
+                2,
+                "sku fingerprint",
+                include_str!("../migrations/postgres/0002_sku_fingerprint.sql"),
+            ),
+        ],
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        name.into(),
-        MigrationType::Simple,
-        sqlx::SqlSafeStr::into_sql_str(sql),
-        false,
-    )])
+    Migrator::with_migrations(
+        files
+            .into_iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    version,
+                    name.into(),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Whether a database error is the database's trouble (retry the batch as it is) rather than
@@ -802,16 +828,18 @@ async fn apply_one(tx: &mut Tx<'_>, e: &Applicable) -> Result<(), Failure> {
             limit,
             ttl,
             paywin,
+            fp,
         } => {
             // Every partition sends its own copy of the configuration: the newest load wins.
             sqlx::query(
                 "INSERT INTO skus (sku, stock, segments, price, currency, starts_at, ends_at, buyer_limit,
-                                   ttl_ms, paywin_ms, loaded_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                   ttl_ms, paywin_ms, loaded_at, fingerprint)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock, segments = excluded.segments,
                     price = excluded.price, currency = excluded.currency, starts_at = excluded.starts_at,
                     ends_at = excluded.ends_at, buyer_limit = excluded.buyer_limit, ttl_ms = excluded.ttl_ms,
-                    paywin_ms = excluded.paywin_ms, loaded_at = excluded.loaded_at
+                    paywin_ms = excluded.paywin_ms, loaded_at = excluded.loaded_at,
+                    fingerprint = COALESCE(excluded.fingerprint, skus.fingerprint)
                  WHERE excluded.loaded_at >= skus.loaded_at",
             )
             .bind(sku)
@@ -825,6 +853,7 @@ async fn apply_one(tx: &mut Tx<'_>, e: &Applicable) -> Result<(), Failure> {
             .bind(*ttl)
             .bind(*paywin)
             .bind(at)
+            .bind(fp.as_deref())
             .execute(&mut **tx)
             .await?;
             for (segment, initial) in segments {

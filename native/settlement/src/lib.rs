@@ -10,6 +10,8 @@
 //! - [`dlq`]: list, retry and drop dead-lettered entries.
 //! - [`timers`]: reservation expiry, payment deadlines and refund requests, through the core.
 //! - [`reconcile`]: Redis levels and records against the ledger, per SKU; careful repair.
+//! - [`recovery`]: guards the partitions it settles, and after a Redis restart lifts their
+//!   fence — restoring Redis from the ledger first when Redis lost writes the ledger has.
 //! - [`metrics`]: counters and gauges, served on `/metrics` and `/health`.
 //! - [`cli`]: the `reconcile` and `dlq` commands, ready for the `flashcart` CLI to embed.
 //! - [`run`]: the service loop the `flashcart settle` command (and the `flashcart-settle`
@@ -23,6 +25,7 @@ pub mod event;
 pub mod ledger;
 pub mod metrics;
 pub mod reconcile;
+pub mod recovery;
 mod reply;
 pub mod timers;
 
@@ -382,10 +385,22 @@ async fn serve<C: redis::aio::ConnectionLike + Send>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let name = consumer.name().to_owned();
+    let inventory = config.open_inventory().await?;
+    let recovery = recovery::Recovery::new(
+        inventory.clone(),
+        ledger.clone(),
+        metrics.clone(),
+        &config.group,
+    );
+    // Before anything is committed: a partition the ledger knows must be fenced after a
+    // restart that lost writes, and that needs its guard on disk first.
+    let guarded = recovery.guard().await.context("guarding the partitions")?;
+    if guarded > 0 {
+        tracing::info!(partitions = guarded, "ledger guards set");
+    }
     let timers = if config.no_timers {
         None
     } else {
-        let inventory = config.open_inventory().await?;
         Some(timers::Timers::new(
             inventory,
             ledger.clone(),
@@ -411,12 +426,21 @@ async fn serve<C: redis::aio::ConnectionLike + Send>(
 
     tokio::pin!(shutdown);
     let mut last_maintenance = Instant::now() - config.maintain_every;
+    let mut last_recovery = Instant::now() - config.maintain_every;
     let mut failures: u32 = 0;
     loop {
         // Shutdown is only looked at between batches: a batch in hand is always finished.
         let stop = is_done(&mut shutdown);
         if stop {
             break;
+        }
+        // Apart from the rest of maintenance, and whatever the consumer's last step did: after
+        // a Redis restart steps may fail (a lost consumer group) until recovery has run.
+        if last_recovery.elapsed() >= config.maintain_every {
+            last_recovery = Instant::now();
+            if let Err(e) = recovery.pass().await {
+                tracing::warn!(error = %e, "recovery pass failed; retrying");
+            }
         }
         let mut outcome = consumer.step().await;
         if outcome.is_ok() && last_maintenance.elapsed() >= config.maintain_every {

@@ -52,6 +52,11 @@ pub struct Metrics {
     pub timers_cancelled: AtomicU64,
     /// Refund requests sent to the core for orders paid after cancellation.
     pub refunds_requested: AtomicU64,
+    /// Partitions fenced now (Redis restarted and settlement has not yet checked or restored
+    /// them): writes there answer 503.
+    pub fenced_partitions: AtomicU64,
+    /// Partitions restored from the ledger after Redis lost writes the ledger had.
+    pub partitions_restored: AtomicU64,
     /// Unix ms of the last successful worker iteration (for `/health`).
     pub last_success_ms: AtomicU64,
     /// Per-partition gauges, by partition number.
@@ -98,7 +103,7 @@ impl Metrics {
     /// The metrics in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "flashcart_settle_events_applied_total",
                 "Events applied to the ledger.",
@@ -153,6 +158,16 @@ impl Metrics {
                 "flashcart_settle_refunds_requested_total",
                 "Refund requests for orders paid after cancellation.",
                 &self.refunds_requested,
+            ),
+            (
+                "flashcart_settle_partitions_restored_total",
+                "Partitions restored from the ledger after Redis lost writes the ledger had.",
+                &self.partitions_restored,
+            ),
+            (
+                "flashcart_settle_fenced_partitions",
+                "Partitions whose writes are fenced until settlement checked them after a Redis restart.",
+                &self.fenced_partitions,
             ),
             (
                 "flashcart_settle_last_batch_micros",

@@ -302,7 +302,7 @@ pub async fn reconcile(
 
 /// Entries in flight (lag + pending) and dead-lettered, over every partition.
 async fn stream_state(conn: &RedisConn, schema: &KeySchema, group: &str) -> Result<(i64, i64)> {
-    let mut in_flight = 0;
+    let mut in_flight: i64 = 0;
     let mut dead = 0;
     for p in schema.partitions() {
         let groups = conn
@@ -310,7 +310,22 @@ async fn stream_state(conn: &RedisConn, schema: &KeySchema, group: &str) -> Resu
             .await;
         match groups {
             Ok(v) => match reply::group_info(&v, group) {
-                Some(info) => in_flight += info.lag.unwrap_or(i64::MAX / 4) + info.pending,
+                Some(info) => {
+                    // Redis cannot always tell the lag (after trims or a restart that lost
+                    // entries): count what lies beyond the last delivered id then.
+                    let lag = match info.lag {
+                        Some(lag) => lag,
+                        None => {
+                            crate::recovery::undelivered(
+                                conn,
+                                &schema.events(p),
+                                &info.last_delivered,
+                            )
+                            .await?
+                        }
+                    };
+                    in_flight = in_flight.saturating_add(lag).saturating_add(info.pending);
+                }
                 // No group yet: everything in the stream is in flight.
                 None => {
                     in_flight +=

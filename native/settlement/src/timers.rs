@@ -80,6 +80,9 @@ impl<E: RedisExecutor> Timers<E> {
                     // Another process released it, or it became an order just now.
                     Ok(ReleaseOutcome::NotDue { .. } | ReleaseOutcome::NotActive { .. })
                     | Err(Rejection::UnknownReservation) => {}
+                    // Redis restarted and recovery has not checked the partition yet: its
+                    // timers wait for that (the restore rewrites them anyway).
+                    Err(Rejection::Fenced) => break,
                     Err(other) => return Err(unavailable(other)),
                 }
             }
@@ -98,6 +101,7 @@ impl<E: RedisExecutor> Timers<E> {
                     // Paid (or cancelled by another process) meanwhile.
                     Ok(CancelOutcome::NotDue { .. })
                     | Err(Rejection::IllegalTransition { .. } | Rejection::UnknownOrder) => {}
+                    Err(Rejection::Fenced) => break,
                     Err(other) => return Err(unavailable(other)),
                 }
             }
@@ -114,7 +118,8 @@ impl<E: RedisExecutor> Timers<E> {
             match self.inventory.request_refund(&id, now).await {
                 Ok(_) => fired.refunds += 1,
                 // Requested already (its event is on the way to the ledger).
-                Err(Rejection::IllegalTransition { .. }) => {}
+                // Fenced: asked again by a later pass.
+                Err(Rejection::IllegalTransition { .. } | Rejection::Fenced) => {}
                 Err(other) => return Err(unavailable(other)),
             }
         }

@@ -1,7 +1,8 @@
 //! flashcart-testkit: private servers for tests, each on free ports in its own temp dir and
 //! torn down on drop. Tests never use a server they did not start.
 //!
-//! - [`RedisServer`]: one `redis-server` with AOF on.
+//! - [`RedisServer`]: one `redis-server` with AOF on; it can be killed (SIGKILL), its AOF cut
+//!   back to an earlier size (a simulated power cut) and restarted on the same port and dir.
 //! - [`RedisCluster`]: three `redis-server --cluster-enabled yes` masters joined with
 //!   `redis-cli --cluster create`.
 //! - [`snapshot`]: every key of a server, `DUMP`ed, to assert that a call changed nothing.

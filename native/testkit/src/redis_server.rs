@@ -31,6 +31,7 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: TempDir,
+    cluster: bool,
 }
 
 impl RedisServer {
@@ -49,37 +50,13 @@ impl RedisServer {
                 .prefix("flashcart-redis-")
                 .tempdir()?;
             let port = free_port(cluster)?;
-            let mut cmd = Command::new(redis_server_binary());
-            cmd.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--logfile", "redis.log", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-            if cluster {
-                cmd.args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-                .args(["--cluster-node-timeout", "5000"]);
-            }
-            let child = cmd.spawn().with_context(|| {
-                format!(
-                    "starting {} (install it: apt-get install redis-server)",
-                    redis_server_binary()
-                )
-            })?;
-            let mut server = Self { child, port, dir };
+            let child = Self::launch(port, dir.path(), cluster)?;
+            let mut server = Self {
+                child,
+                port,
+                dir,
+                cluster,
+            };
             match server.wait_ready() {
                 Ok(()) => return Ok(server),
                 Err(e) => {
@@ -90,6 +67,123 @@ impl RedisServer {
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    fn launch(port: u16, dir: &Path, cluster: bool) -> Result<Child> {
+        let mut cmd = Command::new(redis_server_binary());
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--logfile", "redis.log", "--daemonize", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if cluster {
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args(["--cluster-node-timeout", "5000"]);
+        }
+        cmd.spawn().with_context(|| {
+            format!(
+                "starting {} (install it: apt-get install redis-server)",
+                redis_server_binary()
+            )
+        })
+    }
+
+    /// Kills the server with SIGKILL: no shutdown, no final fsync — what a crash does to the
+    /// process (the kernel still holds what it wrote; [`Self::cut_aof`] takes that away too).
+    ///
+    /// # Errors
+    /// When the process cannot be killed.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill().context("SIGKILL redis-server")?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// The AOF file that takes new writes and its size now: the last incremental file the
+    /// manifest of Redis 7's multi-part AOF names. Record it before the writes a simulated
+    /// power cut should lose; a rewrite (`BGREWRITEAOF`) starts a new file.
+    ///
+    /// # Errors
+    /// When the manifest or the file cannot be read.
+    pub fn aof_tail(&self) -> Result<(PathBuf, u64)> {
+        let dir = self.dir.path().join("appendonlydir");
+        let manifest = std::fs::read_to_string(dir.join("appendonly.aof.manifest"))
+            .context("reading the AOF manifest")?;
+        let name = manifest
+            .lines()
+            .rev()
+            .filter(|l| l.ends_with("type i"))
+            .find_map(|l| l.split_whitespace().nth(1))
+            .context("no incremental AOF file in the manifest")?;
+        let path = dir.join(name);
+        let len = std::fs::metadata(&path)?.len();
+        Ok((path, len))
+    }
+
+    /// Cuts `file` (an [`Self::aof_tail`] of a killed server) back to `len` bytes: the writes
+    /// after that point never reached the disk, as on a power cut with `appendfsync everysec`.
+    ///
+    /// # Errors
+    /// When the server still runs, the file is not this server's tail any more, or it cannot
+    /// be cut.
+    pub fn cut_aof(&mut self, file: &Path, len: u64) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            bail!("cut the AOF of a killed server only");
+        }
+        let (tail, now) = self.aof_tail()?;
+        if tail != file {
+            bail!(
+                "the AOF moved on to {} (a rewrite) since {} was recorded",
+                tail.display(),
+                file.display()
+            );
+        }
+        if len > now {
+            bail!("cannot cut {} ({now} bytes) to {len} bytes", file.display());
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)?
+            .set_len(len)?;
+        Ok(())
+    }
+
+    /// Deletes a killed server's AOF: it restarts empty, as a server whose disk was lost.
+    ///
+    /// # Errors
+    /// When the server still runs or the files cannot be removed.
+    pub fn lose_data(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            bail!("lose the data of a killed server only");
+        }
+        std::fs::remove_dir_all(self.dir.path().join("appendonlydir"))?;
+        Ok(())
+    }
+
+    /// Starts a killed server again on the same port and directory: it loads its AOF.
+    ///
+    /// # Errors
+    /// When it does not start or answer within 10 s.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            bail!("restart a killed server only");
+        }
+        self.child = Self::launch(self.port, self.dir.path(), self.cluster)?;
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -245,7 +339,15 @@ pub fn snapshot(server: &RedisServer) -> Result<Snapshot> {
     Ok(out)
 }
 
-/// Where the workspace's cargo target dir is, for tests that need built artifacts.
+/// The cargo target dir the test components were built into and compiled modules are cached
+/// in: `CARGO_TARGET_DIR`, else the scripts' default `~/.cache/flashcart/target`
+/// (`scripts/lib.sh`). Never a path relative to the working directory: cargo runs each test
+/// binary in its package's directory, inside the source tree.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from)
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/flashcart/target"))
+        })
+        .unwrap_or_else(|| std::env::temp_dir().join("flashcart-target"))
 }

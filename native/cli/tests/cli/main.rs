@@ -10,13 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flashcart_testkit::RedisServer;
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
+use flashcart_testkit::{RedisServer, target_dir};
 
 fn hello_wasm() -> PathBuf {
     let path = target_dir().join("wasm32-wasip2/release/fc_test_hello.wasm");

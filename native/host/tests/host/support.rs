@@ -14,10 +14,7 @@ use tokio::task::JoinHandle;
 /// # Panics
 /// When it has not been built, saying how to build it.
 pub(crate) fn wasm(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let path = target
+    let path = flashcart_testkit::target_dir()
         .join("wasm32-wasip2/release")
         .join(format!("fc_test_{}.wasm", name.replace('-', "_")));
     assert!(

@@ -8,5 +8,6 @@ mod crash;
 mod flow;
 mod parallel;
 mod poison;
+mod powercut;
 mod service;
 mod timers;
