@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use flashcart_core::{KeySchema, Partition, Settings};
-use flashcart_inventory::{RedisConn, Target};
+use flashcart_inventory::{RedisConn, Target, Timeouts};
 use flashcart_settlement::reconcile::reconcile;
 use flashcart_settlement::{Consumer, Ledger, Metrics, dlq};
 use flashcart_testkit::RedisCluster;
@@ -17,12 +17,24 @@ use crate::support::{assert_ledger_matches, drain, story, unique_sku};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settles_from_a_three_master_cluster() -> Result<()> {
     let cluster = RedisCluster::start(3)?;
-    let target = Target::Cluster(cluster.urls());
+    // Plain `host:port` nodes, as `--redis-cluster 127.0.0.1:7001,…` gives them.
+    let target = Target::Cluster(
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect(),
+    );
     let schema = KeySchema::default();
-    let inv = flashcart_inventory::open(&target, schema, Settings::default()).await?;
+    // Patient clients: a busy 2-core machine can keep a node from answering for seconds.
+    let patient = Timeouts {
+        response: Duration::from_secs(60),
+        connection: Duration::from_secs(20),
+    };
+    let inv = flashcart_inventory::open_with(&target, schema, Settings::default(), patient).await?;
     let sku = unique_sku("cluster");
     let s = story(&inv, &sku, 300, 4).await?;
-    let RedisConn::Cluster(mut conn) = RedisConn::connect(&target).await? else {
+    let RedisConn::Cluster(mut conn) = RedisConn::connect_with(&target, patient).await? else {
         bail!("a cluster connection")
     };
     let mut ids = BTreeSet::new();
