@@ -215,23 +215,6 @@ fn flatten(value: redis::Value, out: &mut Vec<Value>) -> Result<(), ExecError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nodes_may_be_host_port_or_urls() {
-        assert_eq!(node_url("127.0.0.1:7001"), "redis://127.0.0.1:7001");
-        assert_eq!(node_url(" redis://a:1 "), "redis://a:1");
-        assert_eq!(node_url("rediss://u:p@a:1"), "rediss://u:p@a:1");
-        assert!(ClusterClient::new(vec![node_url("127.0.0.1:7001")]).is_ok());
-        assert!(
-            ClusterClient::new(vec!["127.0.0.1:7001"]).is_err(),
-            "the bug this fixes"
-        );
-    }
-}
-
 impl RedisExecutor for RedisConn {
     async fn execute(&self, command: &str, args: Vec<String>) -> Result<Vec<Value>, ExecError> {
         let mut cmd = redis::cmd(command);
@@ -299,4 +282,21 @@ pub async fn open_with(
         }
     }
     Ok(inventory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_may_be_host_port_or_urls() {
+        assert_eq!(node_url("127.0.0.1:7001"), "redis://127.0.0.1:7001");
+        assert_eq!(node_url(" redis://a:1 "), "redis://a:1");
+        assert_eq!(node_url("rediss://u:p@a:1"), "rediss://u:p@a:1");
+        assert!(ClusterClient::new(vec![node_url("127.0.0.1:7001")]).is_ok());
+        assert!(
+            ClusterClient::new(vec!["127.0.0.1:7001"]).is_err(),
+            "the bug this fixes"
+        );
+    }
 }
