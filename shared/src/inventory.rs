@@ -566,9 +566,14 @@ impl<E: RedisExecutor> Inventory<E> {
     /// Loads (preheats) a SKU: its terms into every partition, its segments into theirs.
     /// Loading the same terms again changes nothing.
     ///
+    /// The partitions are loaded one call each (on a cluster they live on several masters, so
+    /// no one call can load them all). A load that stops midway — a master unreachable — has
+    /// loaded some partitions and not the others; the same load sent again skips the loaded
+    /// ones (`unchanged`) and loads the rest, so retrying converges, and the answer says so.
+    ///
     /// # Errors
     /// [`Rejection::Invalid`] for bad terms, [`Rejection::SkuConflict`] when the SKU exists
-    /// with other terms.
+    /// with other terms, [`Rejection::Unavailable`] when Redis failed (retry the same load).
     pub async fn load_sku(&self, spec: &SkuSpec, now: Now) -> Result<LoadOutcome> {
         spec.validate()?;
         let fp = spec.fingerprint();
@@ -584,7 +589,7 @@ impl<E: RedisExecutor> Inventory<E> {
                         .join(",")
                 })
                 .unwrap_or_default();
-            let reply = self
+            let reply = match self
                 .fcall(
                     "fc_load",
                     vec![
@@ -609,7 +614,18 @@ impl<E: RedisExecutor> Inventory<E> {
                         now.arg(),
                     ],
                 )
-                .await?;
+                .await
+            {
+                Ok(reply) => reply,
+                Err(Rejection::Unavailable(why)) => {
+                    return Err(Rejection::Unavailable(format!(
+                        "{why}; the load stopped at partition {p} of {}: send the same load \
+                         again to finish it",
+                        self.schema.partition_count()
+                    )));
+                }
+                Err(other) => return Err(other),
+            };
             match reply.code.as_str() {
                 "loaded" => outcome = LoadOutcome::Loaded,
                 "unchanged" => {}

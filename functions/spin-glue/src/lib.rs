@@ -1,8 +1,9 @@
 //! flashcart-spin: what every flashcart edge component shares on Spin (or flashcart's own
 //! host, which implements the same interfaces).
 //!
-//! - [`SpinRedis`]: `spin:redis` `execute` behind the core's [`RedisExecutor`], connecting on
-//!   first use.
+//! - [`SpinRedis`]: `spin:redis` behind the core's `RedisExecutor`: a
+//!   [`flashcart_redis_route::Router`] over [`SpinConnector`], so a Redis Cluster's masters are
+//!   reached directly (slot map, `MOVED`/`ASK`), and a single Redis exactly as before.
 //! - [`SpinKv`]: the node's `default` key-value store behind the edge cache's [`KvStore`],
 //!   opened on first use.
 //! - [`serve`]: converts the request, runs one [`Operation`] on the instance's [`Edge`],
@@ -15,7 +16,8 @@
 //! the key-value store are opened when a request first needs them: on Spin every Redis open
 //! is a new TCP connection, and a cache hit or a sold-out answer needs none.
 //!
-//! Variables (see `spin.toml`): `redis_address` (required), `admin_token`,
+//! Variables (see `spin.toml`): `redis_address` (required: `host:port`, or a comma-separated
+//! list of a Redis Cluster's seed nodes), `admin_token`,
 //! `psp_signing_secrets` (comma-separated, newest first), `partitions` (16),
 //! `cache_staleness_ms` (250), `sold_out_ttl_ms` (1000), `buyer_rate_capacity` (20),
 //! `buyer_rate_per_second` (10; 0 turns the limiter off).
@@ -27,91 +29,75 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashcart_api::{ApiRequest, ApiResponse, Edge, EdgeConfig, Secret};
-use flashcart_core::exec::{ExecError, FailureKind, RedisExecutor, Value};
+use flashcart_core::exec::Value;
 use flashcart_core::inventory::{RateLimit, Settings};
 use flashcart_core::signature::SigningSecret;
 use flashcart_core::{Inventory, KeySchema, Rejection};
 use flashcart_edge_cache::{CacheConfig, Clock, KvError, KvStore};
+use flashcart_redis_route::{Connector, MapCache, OpenError, Router, Seeds};
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::redis::{self as redis3, RedisParameter, RedisResult};
 
-/// `spin:redis` as the core's executor. Connects on the first command and keeps the
-/// connection for the instance's life; a failed command drops it, so the next one reconnects.
-pub struct SpinRedis {
-    address: String,
-    conn: RefCell<Option<Rc<redis3::Connection>>>,
-}
+/// `spin:redis` connections for the [`Router`]: one `open` per node the instance talks to
+/// (on Spin every `open` is a new TCP connection; on flashcart's host, a handle on the
+/// node's shared multiplexed client for that address).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpinConnector;
 
-impl SpinRedis {
-    /// An executor for `address` (`redis://host:port`); nothing is opened yet.
-    pub fn new(address: String) -> Self {
-        Self {
-            address,
-            conn: RefCell::new(None),
-        }
+impl Connector for SpinConnector {
+    type Connection = redis3::Connection;
+
+    async fn open(&self, url: &str) -> Result<redis3::Connection, OpenError> {
+        redis3::Connection::open(url).await.map_err(|e| match e {
+            // What Spin (and flashcart's host) answer for an address outside the component's
+            // allowed_outbound_hosts; nothing was dialled.
+            redis3::Error::InvalidAddress => OpenError::NotAllowed,
+            other => OpenError::Unreachable(format!("{other:?}")),
+        })
     }
 
-    async fn connection(&self) -> Result<Rc<redis3::Connection>, ExecError> {
-        if let Some(conn) = self.conn.borrow().as_ref() {
-            return Ok(Rc::clone(conn));
-        }
-        let opened = redis3::Connection::open(&self.address)
-            .await
-            .map_err(|e| exec_error(&e))?;
-        // Another request of this instance may have connected meanwhile: keep the first.
-        Ok(Rc::clone(
-            self.conn
-                .borrow_mut()
-                .get_or_insert_with(|| Rc::new(opened)),
-        ))
-    }
-}
-
-fn exec_error(e: &redis3::Error) -> ExecError {
-    let kind = match e {
-        redis3::Error::InvalidAddress | redis3::Error::TooManyConnections => {
-            FailureKind::Connection
-        }
-        redis3::Error::TypeError | redis3::Error::Other(_) => FailureKind::Server,
-    };
-    ExecError {
-        kind,
-        message: format!("{e:?}"),
-    }
-}
-
-impl RedisExecutor for SpinRedis {
-    async fn execute(&self, command: &str, args: Vec<String>) -> Result<Vec<Value>, ExecError> {
-        let conn = self.connection().await?;
+    async fn execute(
+        &self,
+        conn: &redis3::Connection,
+        command: &str,
+        args: &[String],
+    ) -> Result<Vec<Value>, String> {
         let params = args
-            .into_iter()
-            .map(|a| RedisParameter::Binary(a.into_bytes()));
-        let results = match conn.execute(command, params).await {
-            Ok(results) => results,
-            Err(e) => {
-                // spin:redis does not say whether the connection survived: start afresh.
-                let mut cached = self.conn.borrow_mut();
-                if cached.as_ref().is_some_and(|c| Rc::ptr_eq(c, &conn)) {
-                    *cached = None;
-                }
-                return Err(exec_error(&e));
-            }
-        };
-        Ok(results
-            .into_iter()
-            .map(|r| match r {
-                RedisResult::Nil => Value::Nil,
-                RedisResult::Status(s) => Value::Status(s),
-                RedisResult::Int64(i) => Value::Int(i),
-                RedisResult::Binary(b) => Value::Bytes(b),
-            })
-            .collect())
+            .iter()
+            .map(|a| RedisParameter::Binary(a.as_bytes().to_vec()));
+        match conn.execute(command, params).await {
+            Ok(results) => Ok(results
+                .into_iter()
+                .map(|r| match r {
+                    RedisResult::Nil => Value::Nil,
+                    RedisResult::Status(s) => Value::Status(s),
+                    RedisResult::Int64(i) => Value::Int(i),
+                    RedisResult::Binary(b) => Value::Bytes(b),
+                })
+                .collect()),
+            // A server error is `other(<message>)`: the message is all there is to read.
+            Err(redis3::Error::Other(message)) => Err(message),
+            Err(other) => Err(format!("{other:?}")),
+        }
+    }
+
+    async fn pause(&self, ms: u64) {
+        spin_sdk::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 }
 
-/// The node's `default` key-value store, opened on first use and kept for the instance's life.
-#[derive(Default)]
-pub struct SpinKv(RefCell<Option<Rc<spin_sdk::key_value::Store>>>);
+/// The core's executor on Spin: `redis_address`'s seeds, routed per slot when they are a
+/// Redis Cluster, with the slot map shared through the node's key-value store.
+pub type SpinRedis = Router<SpinConnector, SpinKv, WallClock>;
+
+/// How long a slot map one instance read serves the node's other instances before one of
+/// them asks the cluster again (a stale map costs a `MOVED`, never a wrong answer).
+const TOPOLOGY_TTL_MS: u64 = 5_000;
+
+/// The node's `default` key-value store, opened on first use and kept for the instance's life;
+/// clones share it (the edge cache and the slot map).
+#[derive(Clone, Default)]
+pub struct SpinKv(Rc<RefCell<Option<Rc<spin_sdk::key_value::Store>>>>);
 
 impl SpinKv {
     async fn store(&self) -> Result<Rc<spin_sdk::key_value::Store>, KvError> {
@@ -207,11 +193,7 @@ pub async fn edge() -> Result<SpinEdge, Rejection> {
     let address = variable("redis_address")
         .await
         .ok_or_else(|| Rejection::Unavailable("the redis_address variable is not set".into()))?;
-    let address = if address.contains("://") {
-        address
-    } else {
-        format!("redis://{address}")
-    };
+    let seeds = Seeds::parse(&address).map_err(|e| Rejection::Unavailable(e.to_string()))?;
     let partitions = number("partitions", u64::from(KeySchema::DEFAULT_PARTITIONS)).await?;
     let schema = KeySchema::new(u32::try_from(partitions).unwrap_or(0))
         .map_err(|e| Rejection::Unavailable(format!("variable partitions: {e}")))?;
@@ -236,14 +218,15 @@ pub async fn edge() -> Result<SpinEdge, Rejection> {
             .unwrap_or_default(),
         ..EdgeConfig::default()
     };
-    let inventory = Inventory::new(SpinRedis::new(address), schema, settings);
-    Ok(Edge::new(
-        inventory,
-        SpinKv::default(),
-        WallClock,
-        cache,
-        config,
-    ))
+    let kv = SpinKv::default();
+    let map_cache = MapCache {
+        store: kv.clone(),
+        clock: WallClock,
+        ttl_ms: TOPOLOGY_TTL_MS,
+    };
+    let redis = Router::new(seeds, SpinConnector, Some(map_cache));
+    let inventory = Inventory::new(redis, schema, settings);
+    Ok(Edge::new(inventory, kv, WallClock, cache, config))
 }
 
 thread_local! {

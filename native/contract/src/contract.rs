@@ -350,10 +350,12 @@ pub async fn every_problem_type_of_the_contract(kind: Kind) {
 
     // Redis without the function library: 503, and the body names no internals (the
     // client's message names the function and the server; the log has it).
-    redis::cmd("FUNCTION")
-        .arg("FLUSH")
-        .exec(&mut n.redis().connection().expect("redis"))
-        .expect("function flush");
+    for server in n.redis().servers() {
+        redis::cmd("FUNCTION")
+            .arg("FLUSH")
+            .exec(&mut server.connection().expect("redis"))
+            .expect("function flush");
+    }
     let flushed = n
         .send(ApiRequest::new("GET", "/v1/stock/never-cached"))
         .await;

@@ -14,8 +14,8 @@ use flashcart_core::inventory::{RateLimit, Settings};
 use flashcart_core::signature::SigningSecret;
 use flashcart_edge_cache::{CacheConfig, Clock, KvError, KvStore};
 use flashcart_host::{App, AppConfig};
-use flashcart_inventory::{NativeInventory, RedisConn, Target};
-use flashcart_testkit::RedisServer;
+use flashcart_inventory::{NativeInventory, RedisConn, Target, Timeouts};
+use flashcart_testkit::{RedisCluster, RedisServer, Snapshot};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -78,6 +78,77 @@ pub enum Kind {
     InProcess,
     /// HTTP to flashcart's host serving `spin.toml` with the built components.
     Http,
+    /// As [`Kind::Http`], against a private 3-master Redis Cluster: the components route
+    /// each call to its partition's master themselves.
+    HttpCluster,
+}
+
+/// The set-up clients' patience: a busy 2-core machine can keep a node from answering for
+/// seconds; a lost answer still fails the test, only later.
+const PATIENT: Timeouts = Timeouts {
+    response: std::time::Duration::from_secs(60),
+    connection: std::time::Duration::from_secs(20),
+};
+
+/// The private Redis a node runs against.
+pub enum Redis {
+    /// One server.
+    Single(RedisServer),
+    /// A 3-master cluster.
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    /// Starts what `kind` runs against.
+    ///
+    /// # Panics
+    /// When the servers cannot start.
+    pub fn start(kind: Kind) -> Self {
+        match kind {
+            Kind::InProcess | Kind::Http => {
+                Redis::Single(RedisServer::start().expect("redis-server"))
+            }
+            Kind::HttpCluster => {
+                Redis::Cluster(RedisCluster::start(3).expect("a 3-master redis cluster"))
+            }
+        }
+    }
+
+    /// Every server (the masters of a cluster).
+    pub fn servers(&self) -> &[RedisServer] {
+        match self {
+            Redis::Single(s) => std::slice::from_ref(s),
+            Redis::Cluster(c) => c.nodes(),
+        }
+    }
+
+    /// `redis_address` for the components: `host:port`, comma-separated for a cluster.
+    pub fn seeds(&self) -> String {
+        self.servers()
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The native clients' target.
+    pub fn target(&self) -> Target {
+        match self {
+            Redis::Single(s) => Target::Single(s.url()),
+            Redis::Cluster(c) => Target::Cluster(c.urls()),
+        }
+    }
+
+    /// Every key of every server (see [`flashcart_testkit::snapshot`]).
+    ///
+    /// # Panics
+    /// When a server cannot be read.
+    pub fn snapshot(&self) -> Vec<Snapshot> {
+        self.servers()
+            .iter()
+            .map(|s| flashcart_testkit::snapshot(s).expect("snapshot"))
+            .collect()
+    }
 }
 
 /// Per-node settings.
@@ -89,6 +160,8 @@ pub struct NodeOptions {
     pub sold_out_ttl_ms: u64,
     /// The edge cache's clock (in-process only; over HTTP the host's wall clock).
     pub clock: NodeClock,
+    /// Over HTTP: variables set after the node's own (e.g. `redis_cluster_hosts`).
+    pub variables: Vec<(String, String)>,
 }
 
 impl Default for NodeOptions {
@@ -97,6 +170,7 @@ impl Default for NodeOptions {
             rate: None,
             sold_out_ttl_ms: 1_000,
             clock: NodeClock::Wall,
+            variables: Vec::new(),
         }
     }
 }
@@ -189,7 +263,7 @@ enum Transport {
 
 /// A node under test.
 pub struct Node {
-    redis: Option<RedisServer>,
+    redis: Option<Redis>,
     /// An inventory over the node's Redis, for set-up steps a buyer cannot take.
     pub inventory: NativeInventory,
     transport: Transport,
@@ -210,15 +284,28 @@ impl Node {
     /// # Panics
     /// When Redis cannot start, or (over HTTP) the components were not built.
     pub async fn start(kind: Kind, options: NodeOptions) -> Self {
-        let redis = RedisServer::start().expect("redis-server");
-        let target = Target::Single(redis.url());
-        let inventory =
-            flashcart_inventory::open(&target, KeySchema::default(), Settings::default())
-                .await
-                .expect("inventory");
+        Self::start_on(kind, options, Redis::start(kind)).await
+    }
+
+    /// Starts the edge over `redis`.
+    ///
+    /// # Panics
+    /// When Redis cannot be reached, or (over HTTP) the components were not built.
+    pub async fn start_on(kind: Kind, options: NodeOptions, redis: Redis) -> Self {
+        let target = redis.target();
+        let inventory = flashcart_inventory::open_with(
+            &target,
+            KeySchema::default(),
+            Settings::default(),
+            PATIENT,
+        )
+        .await
+        .expect("inventory");
         let transport = match kind {
             Kind::InProcess => {
-                let conn = RedisConn::connect(&target).await.expect("connect");
+                let conn = RedisConn::connect_with(&target, PATIENT)
+                    .await
+                    .expect("connect");
                 let config = EdgeConfig {
                     admin_token: Some(Secret::new(ADMIN)),
                     psp_secrets: SigningSecret::list(&format!("{PSP_SECRET},whsec_previous")),
@@ -242,7 +329,7 @@ impl Node {
                     config,
                 ))
             }
-            Kind::Http => {
+            Kind::Http | Kind::HttpCluster => {
                 assert!(
                     matches!(options.clock, NodeClock::Wall),
                     "a manual clock drives in-process nodes only"
@@ -257,7 +344,7 @@ impl Node {
         }
     }
 
-    async fn serve_manifest(redis: &RedisServer, options: &NodeOptions) -> Transport {
+    async fn serve_manifest(redis: &Redis, options: &NodeOptions) -> Transport {
         let root = repo_root();
         for c in [
             "stock_check",
@@ -280,7 +367,9 @@ impl Node {
             .rate
             .map_or((0, 0), |r| (r.capacity, r.refill_per_second));
         config.providers.cli = [
-            ("redis_address", format!("127.0.0.1:{}", redis.port())),
+            ("redis_address", redis.seeds()),
+            // Every node of the test kit's cluster is on 127.0.0.1, on ports it picked.
+            ("redis_cluster_hosts", "127.0.0.1:*".to_owned()),
             ("admin_token", ADMIN.to_owned()),
             (
                 "psp_signing_secrets",
@@ -293,6 +382,7 @@ impl Node {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(options.variables.iter().cloned())
         .collect();
         let app = Arc::new(App::load(&config).unwrap_or_else(|e| panic!("loading spin.toml: {e}")));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -317,7 +407,7 @@ impl Node {
     ///
     /// # Panics
     /// After [`Node::kill_redis`].
-    pub fn redis(&self) -> &RedisServer {
+    pub fn redis(&self) -> &Redis {
         self.redis.as_ref().expect("redis was killed")
     }
 
@@ -462,9 +552,9 @@ pub fn problem_type(resp: &ApiResponse) -> String {
         .to_owned()
 }
 
-/// Commands the server ran since it started (those run inside functions too), but `INFO`,
+/// Commands the servers ran since they started (those run inside functions too), but `INFO`,
 /// which reads these counters.
-pub fn redis_commands(redis: &RedisServer) -> u64 {
+pub fn redis_commands(redis: &Redis) -> u64 {
     command_calls(redis)
         .into_iter()
         .filter(|(command, _)| command != "info")
@@ -472,8 +562,8 @@ pub fn redis_commands(redis: &RedisServer) -> u64 {
         .sum()
 }
 
-/// Function calls (`FCALL` and `FCALL_RO`) since the server started.
-pub fn function_calls(redis: &RedisServer) -> u64 {
+/// Function calls (`FCALL` and `FCALL_RO`) since the servers started.
+pub fn function_calls(redis: &Redis) -> u64 {
     let calls = command_calls(redis);
     ["fcall", "fcall_ro"]
         .iter()
@@ -481,21 +571,25 @@ pub fn function_calls(redis: &RedisServer) -> u64 {
         .sum()
 }
 
-/// Calls per command since the server started (`INFO commandstats`).
-pub fn command_calls(redis: &RedisServer) -> HashMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.connection().expect("conn"))
-        .expect("info");
-    info.lines()
-        .filter_map(|l| {
+/// Calls per command since the servers started, summed over them (`INFO commandstats`).
+pub fn command_calls(redis: &Redis) -> HashMap<String, u64> {
+    let mut calls = HashMap::new();
+    for server in redis.servers() {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut server.connection().expect("conn"))
+            .expect("info");
+        for (name, n) in info.lines().filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
+            let n: u64 = rest
                 .split(',')
                 .find_map(|kv| kv.strip_prefix("calls="))?
                 .parse()
                 .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
+            Some((name.to_owned(), n))
+        }) {
+            *calls.entry(name).or_default() += n;
+        }
+    }
+    calls
 }

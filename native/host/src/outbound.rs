@@ -1,10 +1,15 @@
 //! `allowed_outbound_hosts`: where a component may connect.
 //!
 //! Entries are `scheme://host[:port]`, as in Spin. `*` stands for any scheme, any host
-//! or any port; `*.example.com` for any subdomain; a missing port means the scheme's
-//! default port (6379 for `redis`, 6380 for `rediss`). A component may connect to an
-//! address only if one entry allows its scheme, host and port; anything else is
-//! refused before a socket is opened, the way Spin refuses it.
+//! or any port; `*.example.com` for any subdomain; `10.0.0.0/24` for any address in that
+//! network (CIDR); `7000..7006` for the ports 7000 to 7005 (the end is excluded, as in
+//! Spin); a missing port means the scheme's default port (6379 for `redis`, 6380 for
+//! `rediss`). A component may connect to an address only if one entry allows its scheme,
+//! host and port; anything else is refused before a socket is opened, the way Spin refuses
+//! it. A Redis Cluster's nodes are covered by one entry such as
+//! `redis://10.0.0.0/24:7000..7006`.
+
+use std::net::IpAddr;
 
 use thiserror::Error;
 
@@ -50,6 +55,62 @@ fn split(text: &str) -> Result<Parts, AddressError> {
     })
 }
 
+/// An entry whose host is a network, `10.0.0.0/24:7000`: the `/` is not a path.
+fn split_entry(text: &str) -> Result<Parts, AddressError> {
+    if let Some((scheme, rest)) = text.split_once("://")
+        && let Some((host, port)) = rest.rsplit_once(':')
+        && network(host).is_some()
+        && !scheme.is_empty()
+        && !port.is_empty()
+    {
+        return Ok(Parts {
+            scheme: scheme.to_ascii_lowercase(),
+            host: host.to_owned(),
+            port: Some(port.to_owned()),
+        });
+    }
+    split(text)
+}
+
+/// `ip/prefix` as a network address and prefix length.
+fn network(host: &str) -> Option<(IpAddr, u32)> {
+    let (ip, bits) = host.split_once('/')?;
+    let ip: IpAddr = ip.parse().ok()?;
+    let bits: u32 = bits.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((ip, bits))
+}
+
+fn in_network(host: &str, (net, bits): (IpAddr, u32)) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match (host.parse::<IpAddr>(), net) {
+        (Ok(IpAddr::V4(a)), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (Ok(IpAddr::V6(a)), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Whether `port` is in `lo..hi` (end excluded, as Spin reads it).
+fn in_range(range: &str, port: Option<&str>) -> bool {
+    let Some((lo, hi)) = range.split_once("..") else {
+        return false;
+    };
+    match (
+        lo.parse::<u16>(),
+        hi.parse::<u16>(),
+        port.map(str::parse::<u16>),
+    ) {
+        (Ok(lo), Ok(hi), Some(Ok(port))) => (lo..hi).contains(&port),
+        _ => false,
+    }
+}
+
 fn default_port(scheme: &str) -> Option<&'static str> {
     match scheme {
         "redis" => Some("6379"),
@@ -78,7 +139,7 @@ impl AllowedHost {
     pub fn parse(raw: &str) -> Result<Self, AddressError> {
         Ok(Self {
             raw: raw.to_owned(),
-            parts: split(raw)?,
+            parts: split_entry(raw)?,
         })
     }
 
@@ -94,13 +155,15 @@ impl AllowedHost {
             || p.host == address.host
             || p.host
                 .strip_prefix("*.")
-                .is_some_and(|suffix| address.host.ends_with(&format!(".{suffix}")));
+                .is_some_and(|suffix| address.host.ends_with(&format!(".{suffix}")))
+            || network(&p.host).is_some_and(|net| in_network(&address.host, net));
         let want_port = address
             .port
             .as_deref()
             .or_else(|| default_port(&address.scheme));
         let port_ok = match p.port.as_deref() {
             Some("*") => true,
+            Some(range) if range.contains("..") => in_range(range, want_port),
             Some(port) => Some(port) == want_port,
             None => default_port(&address.scheme).is_some() && want_port == default_port(&p.scheme),
         };
@@ -160,6 +223,22 @@ mod tests {
         assert!(default_port.allows("redis://db.internal"));
         assert!(default_port.allows("redis://db.internal:6379"));
         assert!(!default_port.allows("redis://db.internal:6380"));
+
+        let cluster = hosts(&["redis://10.0.0.0/24:7000..7006", "redis://[fd00::]:1"]);
+        assert!(cluster.allows("redis://10.0.0.17:7000"));
+        assert!(cluster.allows("redis://10.0.0.255:7005"));
+        assert!(!cluster.allows("redis://10.0.0.17:7006"));
+        assert!(!cluster.allows("redis://10.0.1.17:7000"));
+        assert!(!cluster.allows("redis://db.internal:7000"));
+        let v6 = hosts(&["redis://fd00::/8:*", "redis://127.0.0.1/32:6379"]);
+        assert!(v6.allows("redis://[fd12::1]:7000"));
+        assert!(!v6.allows("redis://[fe80::1]:7000"));
+        assert!(v6.allows("redis://127.0.0.1:6379"));
+        assert!(!v6.allows("redis://127.0.0.2:6379"));
+        // A seed list rendered into one entry allows none of its nodes (see spin.toml).
+        let list = hosts(&["redis://10.0.0.1:7000,10.0.0.2:7000"]);
+        assert!(!list.allows("redis://10.0.0.1:7000"));
+        assert!(!list.allows("redis://10.0.0.2:7000"));
 
         let any = hosts(&["*://*:*"]);
         assert!(any.allows("redis://anything:1"));

@@ -72,25 +72,60 @@ impl std::fmt::Debug for RedisConn {
 /// The inventory over native connections.
 pub type NativeInventory = Inventory<RedisConn>;
 
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client waits for Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For an answer to a command.
+    pub response: Duration,
+    /// For a connection to be made.
+    pub connection: Duration,
+}
+
+impl Default for Timeouts {
+    /// 5 s for an answer, 2 s to connect: a service answers 503 rather than hang.
+    fn default() -> Self {
+        Self {
+            response: Duration::from_secs(5),
+            connection: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `redis://host:port` for a node given as `host:port` (a URL is kept as it is), so
+/// `--redis-cluster` and `--redis-url` take either.
+pub fn node_url(node: &str) -> String {
+    let node = node.trim();
+    if node.contains("://") {
+        node.to_owned()
+    } else {
+        format!("redis://{node}")
+    }
+}
 
 impl RedisConn {
-    /// Connects to `target`.
+    /// Connects to `target` with the default [`Timeouts`].
     ///
     /// # Errors
     /// When an address is malformed or no connection can be made.
     pub async fn connect(target: &Target) -> Result<Self> {
+        Self::connect_with(target, Timeouts::default()).await
+    }
+
+    /// Connects to `target`, waiting as long as `timeouts` say.
+    ///
+    /// # Errors
+    /// When an address is malformed or no connection can be made.
+    pub async fn connect_with(target: &Target, timeouts: Timeouts) -> Result<Self> {
         match target {
             Target::Single(address) => {
                 let client =
-                    redis::Client::open(address.as_str()).map_err(|source| Error::Address {
+                    redis::Client::open(node_url(address)).map_err(|source| Error::Address {
                         address: address.clone(),
                         source,
                     })?;
                 let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_connection_timeout(Some(CONNECTION_TIMEOUT));
+                    .set_response_timeout(Some(timeouts.response))
+                    .set_connection_timeout(Some(timeouts.connection));
                 let conn = client
                     .get_connection_manager_with_config(config)
                     .await
@@ -102,9 +137,9 @@ impl RedisConn {
             }
             Target::Cluster(nodes) => {
                 let joined = nodes.join(",");
-                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
-                    .response_timeout(RESPONSE_TIMEOUT)
-                    .connection_timeout(CONNECTION_TIMEOUT)
+                let client = ClusterClient::builder(nodes.iter().map(|n| node_url(n)))
+                    .response_timeout(timeouts.response)
+                    .connection_timeout(timeouts.connection)
                     .build()
                     .map_err(|source| Error::Address {
                         address: joined.clone(),
@@ -206,7 +241,20 @@ pub async fn open(
     schema: KeySchema,
     settings: Settings,
 ) -> Result<NativeInventory> {
-    let conn = RedisConn::connect(target).await?;
+    open_with(target, schema, settings, Timeouts::default()).await
+}
+
+/// [`open`] with other [`Timeouts`] (tests on a busy machine give Redis longer).
+///
+/// # Errors
+/// When Redis cannot be reached or refuses the library.
+pub async fn open_with(
+    target: &Target,
+    schema: KeySchema,
+    settings: Settings,
+    timeouts: Timeouts,
+) -> Result<NativeInventory> {
+    let conn = RedisConn::connect_with(target, timeouts).await?;
     let inventory = Inventory::new(conn, schema, settings);
     match inventory.executor() {
         RedisConn::Single(_) => {
@@ -234,4 +282,21 @@ pub async fn open(
         }
     }
     Ok(inventory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_may_be_host_port_or_urls() {
+        assert_eq!(node_url("127.0.0.1:7001"), "redis://127.0.0.1:7001");
+        assert_eq!(node_url(" redis://a:1 "), "redis://a:1");
+        assert_eq!(node_url("rediss://u:p@a:1"), "rediss://u:p@a:1");
+        assert!(ClusterClient::new(vec![node_url("127.0.0.1:7001")]).is_ok());
+        assert!(
+            ClusterClient::new(vec!["127.0.0.1:7001"]).is_err(),
+            "the bug this fixes"
+        );
+    }
 }

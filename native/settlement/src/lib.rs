@@ -104,8 +104,8 @@ pub struct Config {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
-    /// Redis Cluster nodes (repeat, or comma-separated); when given, used instead of
-    /// `--redis-url`.
+    /// Redis Cluster nodes, `host:port` or `redis://host:port` (repeat, or comma-separated);
+    /// when given, used instead of `--redis-url`.
     #[arg(
         long = "redis-cluster",
         env = "FLASHCART_REDIS_CLUSTER",

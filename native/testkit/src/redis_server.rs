@@ -317,6 +317,110 @@ impl RedisCluster {
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
     }
+
+    /// The index of the node that serves `slot`, as the first node sees it.
+    ///
+    /// # Errors
+    /// When the node cannot be asked or no node serves the slot.
+    pub fn owner_of(&self, slot: u16) -> Result<usize> {
+        let mut conn = self.nodes[0].connection()?;
+        let ranges: Vec<(u16, u16, (String, u16))> = {
+            let raw: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn)?;
+            let redis::Value::Array(ranges) = raw else {
+                bail!("CLUSTER SLOTS answered {raw:?}")
+            };
+            let mut out = Vec::new();
+            for range in ranges {
+                let redis::Value::Array(r) = range else {
+                    bail!("a slot range that is not an array")
+                };
+                let master = match r.get(2) {
+                    Some(redis::Value::Array(m)) if m.len() >= 2 => (
+                        redis::from_redis_value(m[0].clone())?,
+                        redis::from_redis_value(m[1].clone())?,
+                    ),
+                    _ => bail!("a slot range without its master"),
+                };
+                out.push((
+                    redis::from_redis_value(r[0].clone())?,
+                    redis::from_redis_value(r[1].clone())?,
+                    master,
+                ));
+            }
+            out
+        };
+        let port = ranges
+            .into_iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .map(|(_, _, (_, port))| port)
+            .with_context(|| format!("no node serves slot {slot}"))?;
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .with_context(|| format!("slot {slot} is served by port {port}, not ours"))
+    }
+
+    fn node_id(&self, index: usize) -> Result<String> {
+        Ok(redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.nodes[index].connection()?)?)
+    }
+
+    /// Starts moving `slot` from its owner to node `to`, the way `redis-cli --cluster
+    /// reshard` does: `SETSLOT … IMPORTING` on `to`, `MIGRATING` on the owner, then every key
+    /// of the slot `MIGRATE`d in one call. The slot is not handed over yet: the owner answers
+    /// `ASK` for the keys it no longer has (see [`RedisCluster::finish_slot_move`]).
+    ///
+    /// # Errors
+    /// When a node refuses a step.
+    pub fn start_slot_move(&self, slot: u16, to: usize) -> Result<()> {
+        let from = self.owner_of(slot)?;
+        let (from_id, to_id) = (self.node_id(from)?, self.node_id(to)?);
+        let slot_arg = slot.to_string();
+        let mut src = self.nodes[from].connection()?;
+        let mut dst = self.nodes[to].connection()?;
+        redis::cmd("CLUSTER")
+            .arg(&["SETSLOT", &slot_arg, "IMPORTING", &from_id][..])
+            .query::<()>(&mut dst)?;
+        redis::cmd("CLUSTER")
+            .arg(&["SETSLOT", &slot_arg, "MIGRATING", &to_id][..])
+            .query::<()>(&mut src)?;
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg(&["GETKEYSINSLOT", &slot_arg, "1000000"][..])
+            .query(&mut src)?;
+        if !keys.is_empty() {
+            let port = self.nodes[to].port.to_string();
+            redis::cmd("MIGRATE")
+                .arg(&["127.0.0.1", &port, "", "0", "60000", "KEYS"][..])
+                .arg(&keys)
+                .query::<()>(&mut src)?;
+        }
+        Ok(())
+    }
+
+    /// Hands `slot` over to node `to` on every node (`CLUSTER SETSLOT … NODE`).
+    ///
+    /// # Errors
+    /// When a node refuses.
+    pub fn finish_slot_move(&self, slot: u16, to: usize) -> Result<()> {
+        let to_id = self.node_id(to)?;
+        for node in &self.nodes {
+            redis::cmd("CLUSTER")
+                .arg(&["SETSLOT", &slot.to_string(), "NODE", &to_id][..])
+                .query::<()>(&mut node.connection()?)?;
+        }
+        Ok(())
+    }
+
+    /// Moves `slot` to node `to`: [`RedisCluster::start_slot_move`], then
+    /// [`RedisCluster::finish_slot_move`].
+    ///
+    /// # Errors
+    /// When a node refuses a step.
+    pub fn move_slot(&self, slot: u16, to: usize) -> Result<()> {
+        self.start_slot_move(slot, to)?;
+        self.finish_slot_move(slot, to)
+    }
 }
 
 /// Every key of a server: its `DUMP` and whether it has a TTL.

@@ -9,7 +9,6 @@ use flashcart_api::{ApiRequest, ApiResponse};
 use flashcart_contract::node::{ADMIN, PSP_SECRET, deduct_req, load, now_ms, order_req};
 use flashcart_contract::{Kind, Node, NodeOptions};
 use flashcart_core::signature::{self, SigningSecret};
-use flashcart_testkit::snapshot;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -280,13 +279,13 @@ fn hostile_requests_get_a_4xx_and_change_nothing() {
         ..Config::default()
     });
     let outcome = runner.run(&request(known), |req| {
-        let before = snapshot(node.redis()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let before = node.redis().snapshot();
         let resp = rt.block_on(node.send(req.clone()));
         let refused = check(&resp)?;
         if let Some(kind) = refused
             && !DECISIONS.contains(&kind.as_str())
         {
-            let after = snapshot(node.redis()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let after = node.redis().snapshot();
             prop_assert!(after == before, "{kind} changed Redis: {req:?}");
         }
         Ok(())

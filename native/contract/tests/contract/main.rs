@@ -5,7 +5,7 @@
 mod hostile;
 mod openapi;
 
-use flashcart_contract::{Kind, contract, flash_sale, idempotency, sell_out, signatures};
+use flashcart_contract::{Kind, cluster, contract, flash_sale, idempotency, sell_out, signatures};
 
 macro_rules! both_ways {
     ($($module:ident :: $scenario:ident),* $(,)?) => {
@@ -22,6 +22,15 @@ macro_rules! both_ways {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $scenario() {
                     super::$module::$scenario(super::Kind::Http).await;
+                }
+            )*
+        }
+        /// The same components, against a 3-master Redis Cluster they route over themselves.
+        mod over_http_on_a_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$module::$scenario(super::Kind::HttpCluster).await;
                 }
             )*
         }
@@ -43,4 +52,25 @@ both_ways!(
 #[tokio::test(flavor = "current_thread")]
 async fn sold_out_costs_one_call_per_period() {
     sell_out::sold_out_costs_one_call_per_period(Kind::InProcess).await;
+}
+
+/// Over HTTP on a cluster only: the partitions spread, a partition moves mid-sale, bad
+/// deployments are named.
+mod on_a_cluster {
+    use super::cluster;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn segments_spread_and_a_moved_partition_is_followed() {
+        cluster::segments_spread_and_a_moved_partition_is_followed().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_node_outside_the_allowed_hosts_is_named() {
+        cluster::a_node_outside_the_allowed_hosts_is_named().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn bad_seed_lists_are_named() {
+        cluster::bad_seed_lists_are_named().await;
+    }
 }

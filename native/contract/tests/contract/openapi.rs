@@ -87,17 +87,22 @@ fn every_spin_route_is_in_the_spec_and_back() {
 }
 
 #[test]
-fn every_component_reaches_redis_only_through_its_variable() {
+fn every_component_reaches_redis_only_through_its_variables() {
     let manifest: toml::Table = toml::from_str(&repo_file("spin.toml")).expect("spin.toml");
     for (name, component) in manifest["component"].as_table().expect("components") {
-        let hosts = component["allowed_outbound_hosts"]
+        let hosts: Vec<&str> = component["allowed_outbound_hosts"]
             .as_array()
-            .expect("hosts");
-        assert_eq!(hosts.len(), 1, "{name}");
+            .expect("hosts")
+            .iter()
+            .filter_map(toml::Value::as_str)
+            .collect();
         assert_eq!(
-            hosts[0].as_str(),
-            Some("redis://{{ redis_address }}"),
-            "{name}"
+            hosts,
+            [
+                "redis://{{ redis_address }}",
+                "redis://{{ redis_cluster_hosts }}"
+            ],
+            "{name}: a single Redis, and every node of a cluster"
         );
     }
 }

@@ -8,11 +8,18 @@ use flashcart_core::ids::{BuyerId, Currency, IdempotencyKey, Quantity, SkuId};
 use flashcart_core::inventory::ReserveRequest;
 use flashcart_core::sku::SkuSpec;
 use flashcart_core::{KeySchema, Settings};
-use flashcart_inventory::{NativeInventory, RedisConn, Target};
+use flashcart_inventory::{NativeInventory, RedisConn, Target, Timeouts};
 use flashcart_testkit::{RedisCluster, RedisServer, Snapshot};
 
 /// Sale window used by the specs: open from T0 for a long time.
 pub(crate) const T0: u64 = 1_800_000_000_000;
+
+/// The clients' patience in tests: a busy 2-core machine (load 5 and more) can keep a
+/// cluster node from answering for seconds; a lost answer still fails the test, only later.
+pub(crate) const PATIENT: Timeouts = Timeouts {
+    response: std::time::Duration::from_secs(60),
+    connection: std::time::Duration::from_secs(20),
+};
 
 /// A private Redis deployment and an inventory over it.
 pub(crate) enum Deployment {
@@ -37,20 +44,20 @@ impl Deployment {
     }
 
     pub(crate) async fn inventory(&self) -> NativeInventory {
-        flashcart_inventory::open(&self.target(), KeySchema::default(), Settings::default())
-            .await
-            .expect("open inventory")
+        self.inventory_with(Settings::default()).await
     }
 
     /// A second, independent connection (for concurrency across connections).
     pub(crate) async fn extra_inventory(&self) -> NativeInventory {
-        let conn = RedisConn::connect(&self.target()).await.expect("connect");
+        let conn = RedisConn::connect_with(&self.target(), PATIENT)
+            .await
+            .expect("connect");
         flashcart_core::Inventory::new(conn, KeySchema::default(), Settings::default())
     }
 
     /// An inventory with other settings (e.g. a buyer rate) over the same deployment.
     pub(crate) async fn inventory_with(&self, settings: Settings) -> NativeInventory {
-        flashcart_inventory::open(&self.target(), KeySchema::default(), settings)
+        flashcart_inventory::open_with(&self.target(), KeySchema::default(), settings, PATIENT)
             .await
             .expect("open inventory")
     }

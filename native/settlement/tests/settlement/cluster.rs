@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use flashcart_core::{KeySchema, Partition, Settings};
-use flashcart_inventory::{RedisConn, Target};
+use flashcart_inventory::{RedisConn, Target, Timeouts};
 use flashcart_settlement::reconcile::reconcile;
 use flashcart_settlement::{Consumer, Ledger, Metrics, dlq};
 use flashcart_testkit::RedisCluster;
@@ -17,12 +17,24 @@ use crate::support::{assert_ledger_matches, drain, story, unique_sku};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settles_from_a_three_master_cluster() -> Result<()> {
     let cluster = RedisCluster::start(3)?;
-    let target = Target::Cluster(cluster.urls());
+    // Plain `host:port` nodes, as `--redis-cluster 127.0.0.1:7001,…` gives them.
+    let target = Target::Cluster(
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect(),
+    );
     let schema = KeySchema::default();
-    let inv = flashcart_inventory::open(&target, schema, Settings::default()).await?;
+    // Patient clients: a busy 2-core machine can keep a node from answering for seconds.
+    let patient = Timeouts {
+        response: Duration::from_secs(60),
+        connection: Duration::from_secs(20),
+    };
+    let inv = flashcart_inventory::open_with(&target, schema, Settings::default(), patient).await?;
     let sku = unique_sku("cluster");
     let s = story(&inv, &sku, 300, 4).await?;
-    let RedisConn::Cluster(mut conn) = RedisConn::connect(&target).await? else {
+    let RedisConn::Cluster(mut conn) = RedisConn::connect_with(&target, patient).await? else {
         bail!("a cluster connection")
     };
     let mut ids = BTreeSet::new();
@@ -85,5 +97,111 @@ async fn settles_from_a_three_master_cluster() -> Result<()> {
     let report = reconcile(&inv, &ledger, "settlement", false).await?;
     assert!(!report.has_drift(), "{}", report.render());
     assert_eq!((report.in_flight, report.dead_letters), (0, 1));
+    Ok(())
+}
+
+/// Fails every `fc_load` after the first `loads` with a connection error, as a master that
+/// went away midway would.
+struct CutShort {
+    conn: RedisConn,
+    loads: std::sync::atomic::AtomicUsize,
+}
+
+impl flashcart_core::exec::RedisExecutor for CutShort {
+    async fn execute(
+        &self,
+        command: &str,
+        args: Vec<String>,
+    ) -> Result<Vec<flashcart_core::exec::Value>, flashcart_core::exec::ExecError> {
+        use std::sync::atomic::Ordering;
+        if args.first().map(String::as_str) == Some("fc_load")
+            && self
+                .loads
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+        {
+            return Err(flashcart_core::exec::ExecError {
+                kind: flashcart_core::exec::FailureKind::Connection,
+                message: "the master went away".into(),
+            });
+        }
+        self.conn.execute(command, args).await
+    }
+}
+
+/// A SKU load that stops after 5 of 16 partitions (on a cluster no one call can write them
+/// all) answers "send the same load again"; sending it again loads the rest, and once
+/// settled the ledger and Redis agree: reconciliation is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_cut_short_converges_when_sent_again() -> Result<()> {
+    use flashcart_core::Rejection;
+    use flashcart_core::inventory::{LoadOutcome, Now};
+
+    let cluster = RedisCluster::start(3)?;
+    let target = Target::Cluster(cluster.urls());
+    let schema = KeySchema::default();
+    let patient = Timeouts {
+        response: Duration::from_secs(60),
+        connection: Duration::from_secs(20),
+    };
+    let inv = flashcart_inventory::open_with(&target, schema, Settings::default(), patient).await?;
+    let cut = flashcart_core::Inventory::new(
+        CutShort {
+            conn: inv.executor().clone(),
+            loads: 5.into(),
+        },
+        schema,
+        Settings::default(),
+    );
+    let sku = unique_sku("cut");
+    let mut terms = crate::support::spec(&sku, 160, 600_000, 900_000);
+    terms.segments = Some(16);
+    match cut.load_sku(&terms, Now::At(crate::support::T0)).await {
+        Err(Rejection::Unavailable(why)) => {
+            assert!(why.contains("send the same load again"), "{why}");
+        }
+        other => bail!("expected a load cut short, got {other:?}"),
+    }
+    assert!(
+        inv.stock(&sku)
+            .await
+            .map_or(true, |levels| levels.segments.len() < 16),
+        "only part of the SKU is loaded"
+    );
+
+    let RedisConn::Cluster(conn) = RedisConn::connect_with(&target, patient).await? else {
+        bail!("a cluster connection")
+    };
+    let dir = tempfile::tempdir()?;
+    let ledger = Ledger::open(&dir.path().join("ledger.sqlite").display().to_string()).await?;
+    let mut consumer = Consumer::new(
+        conn,
+        ledger.clone(),
+        schema,
+        flashcart_settlement::ConsumerConfig::default(),
+        Arc::new(Metrics::default()),
+    )
+    .await?;
+    drain(&mut consumer).await?;
+
+    assert_eq!(
+        inv.load_sku(&terms, Now::At(crate::support::T0)).await?,
+        LoadOutcome::Loaded,
+        "the rest of the partitions"
+    );
+    assert_eq!(
+        inv.load_sku(&terms, Now::At(crate::support::T0)).await?,
+        LoadOutcome::Unchanged
+    );
+    drain(&mut consumer).await?;
+    let levels = inv.stock(&sku).await?;
+    assert_eq!((levels.segments.len(), levels.available()), (16, 160));
+    assert!(levels.invariant_holds());
+    let report = reconcile(&inv, &ledger, "settlement", false).await?;
+    assert!(
+        !report.has_drift() && report.missing_in_redis.is_empty(),
+        "{}",
+        report.render()
+    );
     Ok(())
 }
