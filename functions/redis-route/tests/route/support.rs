@@ -177,7 +177,7 @@ pub(crate) fn reserve(
         buyer: BuyerId::parse(buyer).expect("buyer"),
         quantity: Quantity::new(1).expect("qty"),
         key: IdempotencyKey::parse(&format!("key-{buyer}")).expect("key"),
-        fingerprint: flashcart_core::fingerprint(body.as_bytes()),
+        fingerprint: flashcart_core::fingerprint(sku.as_str(), body.as_bytes()),
     }
 }
 
