@@ -49,6 +49,11 @@ pub enum FailureKind {
     Timeout,
     /// The server answered with an error (e.g. the library is not loaded).
     Server,
+    /// No node the call needs can be reached as deployed — none answers at the configured
+    /// address, it is outside the allowed hosts, or a seed list names a plain Redis: nothing
+    /// was run. The message is flashcart's own words naming the node and the cause (never a
+    /// client's text), written for whoever runs the deployment, so an answer may show it.
+    Unreachable,
 }
 
 /// A failed Redis call.

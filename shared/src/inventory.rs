@@ -461,7 +461,20 @@ fn bad_reply(what: &str) -> Rejection {
 }
 
 fn unavailable(e: ExecError) -> Rejection {
-    Rejection::Unavailable(e.to_string())
+    Rejection::from(e)
+}
+
+impl From<ExecError> for Rejection {
+    /// A failed Redis call as the answer says it: a deployment error names its cause, any
+    /// other failure keeps its cause for the log only.
+    fn from(e: ExecError) -> Self {
+        match e.kind {
+            crate::exec::FailureKind::Unreachable => Rejection::Unreachable(e.message),
+            crate::exec::FailureKind::Connection
+            | crate::exec::FailureKind::Timeout
+            | crate::exec::FailureKind::Server => Rejection::Unavailable(e.to_string()),
+        }
+    }
 }
 
 /// The inventory, reached through `E`.
@@ -617,12 +630,13 @@ impl<E: RedisExecutor> Inventory<E> {
                 .await
             {
                 Ok(reply) => reply,
+                // The answer (a deployment error's detail) or the log (any other failure)
+                // says where the load stopped and how to finish it.
                 Err(Rejection::Unavailable(why)) => {
-                    return Err(Rejection::Unavailable(format!(
-                        "{why}; the load stopped at partition {p} of {}: send the same load \
-                         again to finish it",
-                        self.schema.partition_count()
-                    )));
+                    return Err(Rejection::Unavailable(self.stopped_at(p, &why)));
+                }
+                Err(Rejection::Unreachable(why)) => {
+                    return Err(Rejection::Unreachable(self.stopped_at(p, &why)));
                 }
                 Err(other) => return Err(other),
             };
@@ -634,6 +648,13 @@ impl<E: RedisExecutor> Inventory<E> {
             }
         }
         Ok(outcome)
+    }
+
+    fn stopped_at(&self, p: Partition, why: &str) -> String {
+        format!(
+            "{why}; the load stopped at partition {p} of {}: send the same load again to finish it",
+            self.schema.partition_count()
+        )
     }
 
     /// Reserves stock: the deduct. Replays with the same key answer the first decision.

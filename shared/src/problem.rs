@@ -136,6 +136,13 @@ pub enum Rejection {
     /// (a Redis client's message names hosts, scripts and internals).
     #[error("inventory unavailable: {0}")]
     Unavailable(String),
+    /// The inventory cannot be reached as deployed (503; retry later): no Redis node answers
+    /// at the configured address, a node is outside the allowed hosts, a seed list names a
+    /// plain Redis, a variable is missing. The same problem type as
+    /// [`Rejection::Unavailable`], but the detail names the node and the cause in flashcart's
+    /// own words, for whoever runs the deployment.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl Rejection {
@@ -169,7 +176,8 @@ impl Rejection {
             | Rejection::LimitReached { .. }
             | Rejection::IllegalTransition { .. }
             | Rejection::SkuConflict
-            | Rejection::Unavailable(_) => false,
+            | Rejection::Unavailable(_)
+            | Rejection::Unreachable(_) => false,
         }
     }
 
@@ -198,7 +206,7 @@ impl Rejection {
             Rejection::UnsupportedMediaType => 415,
             Rejection::IdempotencyMismatch => 422,
             Rejection::RateLimited { .. } => 429,
-            Rejection::Fenced | Rejection::Unavailable(_) => 503,
+            Rejection::Fenced | Rejection::Unavailable(_) | Rejection::Unreachable(_) => 503,
         }
     }
 
@@ -229,7 +237,7 @@ impl Rejection {
             Rejection::NotFound => "not-found",
             Rejection::MethodNotAllowed { .. } => "method-not-allowed",
             Rejection::Fenced => "inventory-recovering",
-            Rejection::Unavailable(_) => "inventory-unavailable",
+            Rejection::Unavailable(_) | Rejection::Unreachable(_) => "inventory-unavailable",
         }
     }
 
@@ -354,6 +362,13 @@ mod tests {
         assert!(
             down.to_string().contains("10.0.0.7"),
             "the log keeps the cause"
+        );
+        // A deployment error is the same problem type, and names its cause.
+        let wrong = Rejection::Unreachable("redis node 10.0.0.9:7000 is not a cluster node".into());
+        assert_eq!(wrong.slug(), down.slug());
+        assert_eq!(
+            wrong.problem().detail.as_deref(),
+            Some("redis node 10.0.0.9:7000 is not a cluster node")
         );
         assert_eq!(
             Rejection::RateLimited { retry_after_ms: 5 }

@@ -267,7 +267,7 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
                 Err(Rejection::UnknownSku)
             }
             // Redis unreachable: a stale answer beats none.
-            Err(Rejection::Unavailable(_)) if stale.is_some() => {
+            Err(Rejection::Unavailable(_) | Rejection::Unreachable(_)) if stale.is_some() => {
                 let (value, age_ms) = stale.unwrap_or_else(|| unreachable!());
                 Ok(self.stock_response(&value, age_ms, "stale-on-error"))
             }
@@ -352,7 +352,9 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
                         )
                     }
                     // Redis unreachable: the sold-out answer it gave last beats none.
-                    Err(Rejection::Unavailable(_)) => return Ok(sold_out_here()),
+                    Err(Rejection::Unavailable(_) | Rejection::Unreachable(_)) => {
+                        return Ok(sold_out_here());
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -183,7 +183,7 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
 
     fn refused(node: &Node) -> ExecError {
         unavailable(
-            FailureKind::Connection,
+            FailureKind::Unreachable,
             format!(
                 "redis node {} is not in this component's allowed_outbound_hosts",
                 node.address()
@@ -193,7 +193,7 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
 
     fn unreachable(node: &Node) -> ExecError {
         unavailable(
-            FailureKind::Connection,
+            FailureKind::Unreachable,
             format!("redis node {} cannot be reached", node.address()),
         )
     }
@@ -255,7 +255,7 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
                 Err(NodeFailure::Failed(m)) if is_not_a_cluster(&m) => {
                     if !self.seeds.is_single() {
                         return Err(unavailable(
-                            FailureKind::Server,
+                            FailureKind::Unreachable,
                             format!(
                                 "redis node {} is not a cluster node, but redis_address lists {} nodes",
                                 node.address(),
@@ -274,7 +274,7 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
             failures.push(failure);
         }
         Err(unavailable(
-            FailureKind::Connection,
+            FailureKind::Unreachable,
             format!("no redis node answered: {}", failures.join("; ")),
         ))
     }

@@ -180,7 +180,7 @@ async fn number(name: &str, default: u64) -> Result<u64, Rejection> {
         Some(v) => v
             .trim()
             .parse()
-            .map_err(|_| Rejection::Unavailable(format!("variable {name} is not a number"))),
+            .map_err(|_| Rejection::Unreachable(format!("variable {name} is not a number"))),
     }
 }
 
@@ -192,11 +192,11 @@ async fn number(name: &str, default: u64) -> Result<u64, Rejection> {
 pub async fn edge() -> Result<SpinEdge, Rejection> {
     let address = variable("redis_address")
         .await
-        .ok_or_else(|| Rejection::Unavailable("the redis_address variable is not set".into()))?;
-    let seeds = Seeds::parse(&address).map_err(|e| Rejection::Unavailable(e.to_string()))?;
+        .ok_or_else(|| Rejection::Unreachable("the redis_address variable is not set".into()))?;
+    let seeds = Seeds::parse(&address).map_err(|e| Rejection::Unreachable(e.to_string()))?;
     let partitions = number("partitions", u64::from(KeySchema::DEFAULT_PARTITIONS)).await?;
     let schema = KeySchema::new(u32::try_from(partitions).unwrap_or(0))
-        .map_err(|e| Rejection::Unavailable(format!("variable partitions: {e}")))?;
+        .map_err(|e| Rejection::Unreachable(format!("variable partitions: {e}")))?;
     let cache = CacheConfig {
         staleness_ms: number("cache_staleness_ms", 250).await?,
         sold_out_ttl_ms: number("sold_out_ttl_ms", 1_000).await?,
@@ -296,7 +296,7 @@ pub async fn serve(req: spin_sdk::http::Request, op: Operation) -> http::Respons
             if api.method == "PUT"
                 && let Err(e) = edge.inventory().ensure_library().await
             {
-                return render(ApiResponse::problem(&Rejection::Unavailable(e.to_string())));
+                return render(ApiResponse::problem(&Rejection::from(e)));
             }
             edge.admin(&api).await
         }

@@ -165,7 +165,9 @@ impl Target for DirectReserve {
         };
         match self.inventory.reserve(&request, Now::Server).await {
             Ok(_) => Outcome::status(201),
-            Err(Rejection::Unavailable(_)) => Outcome::Failed(Failure::Transport),
+            Err(Rejection::Unavailable(_) | Rejection::Unreachable(_)) => {
+                Outcome::Failed(Failure::Transport)
+            }
             Err(rejection) => Outcome::Answer {
                 status: rejection.status(),
                 sold_out: matches!(rejection, Rejection::SoldOut),

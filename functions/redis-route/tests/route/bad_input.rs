@@ -9,10 +9,15 @@ use crate::support::{
     unique_sku,
 };
 
+/// The detail of a deployment error: the problem body shows it, so it names the cause.
 fn unavailable(result: Result<impl std::fmt::Debug, Rejection>) -> String {
     match result {
-        Err(Rejection::Unavailable(detail)) => detail,
-        other => panic!("expected unavailable, got {other:?}"),
+        Err(e @ Rejection::Unreachable(_)) => {
+            let detail = e.problem().detail.unwrap_or_default();
+            assert_eq!(detail, e.to_string(), "the answer shows the cause");
+            detail
+        }
+        other => panic!("expected unreachable, got {other:?}"),
     }
 }
 
