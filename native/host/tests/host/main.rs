@@ -5,6 +5,7 @@
 //! `scripts/test.sh` before `cargo test`); see `support::wasm`.
 
 mod components;
+mod config_fuzz;
 mod connections;
 mod manifest_ui;
 mod redis;
