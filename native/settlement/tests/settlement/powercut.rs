@@ -64,6 +64,24 @@ async fn settled(env: &Env, ledger: &Ledger) -> Result<()> {
 }
 
 /// Waits until no partition is fenced.
+/// Settlement's recovery over `inv` and `ledger`, as the service builds it.
+fn recovery_over(inv: &NativeInventory, ledger: &Ledger) -> Recovery {
+    Recovery::new(
+        inv.clone(),
+        ledger.clone(),
+        Arc::new(Metrics::default()),
+        "settlement",
+    )
+}
+
+/// Loads `sku` with the suite's stock and windows.
+async fn load(inv: &NativeInventory, sku: &flashcart_core::ids::SkuId) -> Result<()> {
+    inv.load_sku(&spec(sku, STOCK, 600_000, 900_000), Now::At(T0))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
 async fn unfenced(inv: &NativeInventory) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -283,9 +301,7 @@ async fn a_restart_that_lost_nothing_is_checked_not_restored() -> Result<()> {
     let inv = env.inventory().await?;
     let ledger = env.ledger().await?;
     let sku = unique_sku("kill");
-    inv.load_sku(&spec(&sku, STOCK, 600_000, 900_000), Now::At(T0))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    load(&inv, &sku).await?;
     let service = Service::start(&env);
     sell(&inv, &sku, 0, 60, 1).await?;
     settled(&env, &ledger).await?;
@@ -363,12 +379,7 @@ async fn a_checked_partition_costs_no_extra_command() -> Result<()> {
     inv.load_sku(&spec(&sku, 500, 600_000, 900_000), Now::At(T0))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let recovery = Recovery::new(
-        inv.clone(),
-        ledger.clone(),
-        Arc::new(Metrics::default()),
-        "settlement",
-    );
+    let recovery = recovery_over(&inv, &ledger);
     recovery.guard().await?;
     // Warm every partition once (a buyer per home partition).
     sell(&inv, &sku, 0, 200, 1).await?;
@@ -403,15 +414,8 @@ async fn an_interrupted_restore_converges(mut env: Env) -> Result<()> {
     let inv = env.inventory().await?;
     let ledger = env.ledger().await?;
     let sku = unique_sku("halfway");
-    inv.load_sku(&spec(&sku, STOCK, 600_000, 900_000), Now::At(T0))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let recovery = Recovery::new(
-        inv.clone(),
-        ledger.clone(),
-        Arc::new(Metrics::default()),
-        "settlement",
-    );
+    load(&inv, &sku).await?;
+    let recovery = recovery_over(&inv, &ledger);
     recovery.guard().await?;
     let mut consumer = env.consumer(env.config("halfway")).await?;
     sell(&inv, &sku, 0, 40, 1).await?;
@@ -423,12 +427,7 @@ async fn an_interrupted_restore_converges(mut env: Env) -> Result<()> {
 
     power_cut(&mut env, &file, len)?;
     let inv = env.inventory().await?;
-    let recovery = Recovery::new(
-        inv.clone(),
-        ledger.clone(),
-        Arc::new(Metrics::default()),
-        "settlement",
-    );
+    let recovery = recovery_over(&inv, &ledger);
     // Whatever deliveries the cut lost are settled again (skipped as applied) first.
     let mut consumer = env.consumer(env.config("halfway")).await?;
     drain(&mut consumer).await?;
@@ -480,15 +479,8 @@ async fn a_redis_that_lost_everything_is_rebuilt_from_the_ledger(mut env: Env) -
     let inv = env.inventory().await?;
     let ledger = env.ledger().await?;
     let sku = unique_sku("empty");
-    inv.load_sku(&spec(&sku, STOCK, 600_000, 900_000), Now::At(T0))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let recovery = Recovery::new(
-        inv.clone(),
-        ledger.clone(),
-        Arc::new(Metrics::default()),
-        "settlement",
-    );
+    load(&inv, &sku).await?;
+    let recovery = recovery_over(&inv, &ledger);
     recovery.guard().await?;
     let mut consumer = env.consumer(env.config("empty")).await?;
     sell(&inv, &sku, 0, 120, 1).await?;
@@ -500,12 +492,7 @@ async fn a_redis_that_lost_everything_is_rebuilt_from_the_ledger(mut env: Env) -
     env.redis.lose_data()?;
     env.redis.restart()?;
     let inv = env.inventory().await?; // loads the library again
-    let recovery = Recovery::new(
-        inv.clone(),
-        ledger.clone(),
-        Arc::new(Metrics::default()),
-        "settlement",
-    );
+    let recovery = recovery_over(&inv, &ledger);
     let pass = recovery.pass().await?;
     assert_eq!(pass.restored.len(), 16, "{pass:?}");
     assert!(pass.fenced.is_empty(), "{pass:?}");
