@@ -102,6 +102,33 @@ impl RedisServer {
         })
     }
 
+    /// Pauses the server with SIGSTOP: connections stay open, nothing is answered — a
+    /// server stalled by the OS, a long fork or a stuck disk. [`Self::resume`] continues it.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn pause(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Continues a paused server (SIGCONT): what reached it meanwhile runs now.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn resume(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> Result<()> {
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status()
+            .context("run kill")?;
+        anyhow::ensure!(status.success(), "kill {signal} redis-server: {status}");
+        Ok(())
+    }
+
     /// Kills the server with SIGKILL: no shutdown, no final fsync — what a crash does to the
     /// process (the kernel still holds what it wrote; [`Self::cut_aof`] takes that away too).
     ///

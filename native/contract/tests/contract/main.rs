@@ -4,6 +4,7 @@
 
 mod hostile;
 mod openapi;
+mod paused;
 
 use flashcart_contract::{Kind, cluster, contract, flash_sale, idempotency, sell_out, signatures};
 
