@@ -2,6 +2,7 @@
 //! (SIGINT) and SIGTERM; `build` runs the manifest's build commands; `bench sale` runs a
 //! small sale and reports it clean.
 
+mod crash;
 mod sale;
 
 use std::io::{Read, Write};
@@ -34,6 +35,21 @@ fn get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
     write!(
         s,
         "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split(' ').nth(1)?.parse().ok()?;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((status, body))
+}
+
+/// `GET path` with a bearer token.
+fn get_authorized(address: SocketAddr, path: &str, token: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(address).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {token}\r\n\r\n"
     )
     .ok()?;
     let mut raw = String::new();
