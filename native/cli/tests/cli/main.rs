@@ -31,25 +31,20 @@ fn free_port() -> u16 {
 }
 
 fn get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(address).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split(' ').nth(1)?.parse().ok()?;
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    Some((status, body))
+    get_with(address, path, "")
 }
 
 /// `GET path` with a bearer token.
 fn get_authorized(address: SocketAddr, path: &str, token: &str) -> Option<(u16, String)> {
+    get_with(address, path, &format!("authorization: Bearer {token}\r\n"))
+}
+
+/// `GET path` with `headers` (each line ending in CRLF); the status and the body.
+fn get_with(address: SocketAddr, path: &str, headers: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(address).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {token}\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{headers}\r\n"
     )
     .ok()?;
     let mut raw = String::new();
