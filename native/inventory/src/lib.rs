@@ -225,10 +225,19 @@ impl RedisExecutor for RedisConn {
             kind: classify(&e),
             message: e.to_string(),
         })?;
-        let mut out = Vec::new();
-        flatten(value, &mut out)?;
-        Ok(out)
+        flat_reply(value)
     }
+}
+
+/// A `redis` reply flattened the way Spin's `execute` does (nested arrays become one list, a
+/// server error inside the reply an error): the one shape the core reads on every host.
+///
+/// # Errors
+/// When the reply holds a server error.
+pub fn flat_reply(value: redis::Value) -> Result<Vec<Value>, ExecError> {
+    let mut out = Vec::new();
+    flatten(value, &mut out)?;
+    Ok(out)
 }
 
 /// Connects to `target` and makes sure the current function library is loaded (on every

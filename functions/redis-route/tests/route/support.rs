@@ -21,21 +21,6 @@ pub(crate) struct NativeConnector {
     pub(crate) opens: Cell<usize>,
 }
 
-fn flatten(value: redis::Value, out: &mut Vec<Value>) {
-    match value {
-        redis::Value::Nil => out.push(Value::Nil),
-        redis::Value::Int(i) => out.push(Value::Int(i)),
-        redis::Value::BulkString(b) => out.push(Value::Bytes(b)),
-        redis::Value::SimpleString(s) => out.push(Value::Status(s)),
-        redis::Value::Okay => out.push(Value::Status("OK".into())),
-        redis::Value::VerbatimString { text, .. } => out.push(Value::Bytes(text.into_bytes())),
-        redis::Value::Array(items) | redis::Value::Set(items) => {
-            items.into_iter().for_each(|i| flatten(i, out));
-        }
-        other => out.push(Value::Bytes(format!("{other:?}").into_bytes())),
-    }
-}
-
 impl Connector for NativeConnector {
     type Connection = redis::aio::MultiplexedConnection;
 
@@ -70,9 +55,7 @@ impl Connector for NativeConnector {
             .query_async(&mut conn.clone())
             .await
             .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        flatten(value, &mut out);
-        Ok(out)
+        flashcart_inventory::flat_reply(value).map_err(|e| e.message)
     }
 
     async fn pause(&self, ms: u64) {
