@@ -11,3 +11,36 @@ pub mod postgres;
 mod redis_server;
 
 pub use redis_server::{RedisCluster, RedisServer, Snapshot, snapshot, target_dir};
+
+/// How much longer and larger the fault scenarios run: `FLASHCART_FAULT_SCALE` (a whole number
+/// ≥ 1; 1, the CI size, when unset). `scripts/faults.sh` runs the fault suite at 10 locally.
+///
+/// # Panics
+/// When the variable is set to anything but a whole number ≥ 1: a long run that silently ran
+/// short would prove less than it claims.
+#[must_use]
+pub fn fault_scale() -> u32 {
+    match std::env::var("FLASHCART_FAULT_SCALE") {
+        Err(_) => 1,
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => panic!("FLASHCART_FAULT_SCALE must be a whole number ≥ 1, not {v:?}"),
+        },
+    }
+}
+
+/// Generated cases for a fuzz test: `FLASHCART_FUZZ_CASES` when set, else `base` times
+/// [`fault_scale`].
+///
+/// # Panics
+/// When `FLASHCART_FUZZ_CASES` is set but not a whole number.
+#[must_use]
+pub fn fuzz_cases(base: u32) -> u32 {
+    match std::env::var("FLASHCART_FUZZ_CASES") {
+        Err(_) => base * fault_scale(),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("FLASHCART_FUZZ_CASES must be a whole number, not {v:?}")),
+    }
+}

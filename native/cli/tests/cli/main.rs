@@ -1,8 +1,11 @@
 //! The `flashcart` binary end to end: `up` serves and stops cleanly on Ctrl-C
 //! (SIGINT) and SIGTERM; `build` runs the manifest's build commands; `bench sale` runs a
-//! small sale and reports it clean.
+//! small sale and reports it clean; the fault scenarios that need a whole node (`crash`,
+//! `crowd`) run the repo's `spin.toml` through [`node`].
 
 mod crash;
+mod crowd;
+mod node;
 mod sale;
 
 use std::io::{Read, Write};

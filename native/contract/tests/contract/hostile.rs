@@ -268,10 +268,7 @@ fn hostile_requests_get_a_4xx_and_change_nothing() {
         "EUR".into(),
     ]);
 
-    let cases = std::env::var("FLASHCART_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512);
+    let cases = flashcart_testkit::fuzz_cases(512);
     let mut runner = TestRunner::new(Config {
         cases,
         // Never write regression files into the source tree.

@@ -103,10 +103,7 @@ fn apply(text: &str, edits: &[Edit]) -> String {
 }
 
 fn runner() -> TestRunner {
-    let cases = std::env::var("FLASHCART_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+    let cases = flashcart_testkit::fuzz_cases(256);
     TestRunner::new(Config {
         cases,
         // Never write regression files into the source tree.

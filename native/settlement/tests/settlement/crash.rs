@@ -69,7 +69,8 @@ async fn chaos(
     let mut rng = Rng(seed);
     let mut external_kills = 0;
     let mut died_after_commit = 0;
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let kills = 16 * flashcart_testkit::fault_scale();
+    let deadline = Instant::now() + Duration::from_secs(240) * flashcart_testkit::fault_scale();
     // Every event added so far, once the producer is done (trims do not change it).
     let target = || async {
         match producer {
@@ -89,7 +90,7 @@ async fn chaos(
         // Small batches (50) and short lives (50–300 ms) keep each round's progress small, so
         // even a fast machine needs many rounds for 20 000 events.
         let rounds = external_kills + died_after_commit;
-        let inside = rounds < 16 && rounds % 2 == 0;
+        let inside = rounds < kills && rounds % 2 == 0;
         let mut child = spawn(env, inside.then(|| 1 + rng.next(4)))?;
         let life = Duration::from_millis(if inside { 10_000 } else { 50 + rng.next(250) });
         match tokio::time::timeout(life, child.wait()).await {
@@ -102,7 +103,7 @@ async fn chaos(
                 );
                 died_after_commit += 1;
             }
-            Err(_) if rounds < 16 => {
+            Err(_) if rounds < kills => {
                 child.start_kill()?; // SIGKILL
                 child.wait().await?;
                 external_kills += 1;
@@ -171,10 +172,15 @@ async fn settle_rest_and_reconcile(
     Ok(())
 }
 
+/// Buyers in a crash story: ≥ 20 000 events at the CI size, more with `FLASHCART_FAULT_SCALE`.
+fn buyers() -> u64 {
+    8_500 * u64::from(flashcart_testkit::fault_scale())
+}
+
 async fn survives_sigkill_anywhere(env: Env) -> Result<()> {
     let inv = env.inventory().await?;
     let sku = unique_sku("crash");
-    let s = story(&inv, &sku, 8_500, 8).await?;
+    let s = story(&inv, &sku, buyers(), 8).await?;
     let ids = env.stream_ids().await?;
     assert!(ids.len() >= 20_000, "the story made {} events", ids.len());
     let ledger = env.ledger().await?;
@@ -201,7 +207,7 @@ async fn survives_sigkill_with_a_live_producer(env: Env) -> Result<()> {
     let ledger = env.ledger().await?;
     let producer = {
         let inv = inv.clone();
-        tokio::spawn(async move { story(&inv, &unique_sku("live"), 8_500, 8).await })
+        tokio::spawn(async move { story(&inv, &unique_sku("live"), buyers(), 8).await })
     };
     chaos(&env, &ledger, Some(&producer)).await?;
     let s = producer.await??;

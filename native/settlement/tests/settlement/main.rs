@@ -3,6 +3,7 @@
 
 mod support;
 
+mod callbacks;
 mod cluster;
 mod crash;
 mod flow;
