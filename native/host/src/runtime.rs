@@ -168,6 +168,12 @@ impl Runtime {
         wasm.wasm_component_model(true);
         wasm.wasm_component_model_async(true);
         wasm.epoch_interruption(true);
+        #[cfg(feature = "jit-profile")]
+        if std::env::var_os("FLASHCART_PERF_MAP").is_some_and(|v| v == "1") {
+            // For `perf report`: names for the guests' JIT-compiled functions, in
+            // /tmp/perf-<pid>.map.
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Cache {
                 path: dir.clone(),
