@@ -119,8 +119,13 @@ impl KeySchema {
 
     /// The partition of the SKU's segment `segment`.
     pub fn segment_partition(&self, sku: &SkuId, segment: u16) -> Partition {
-        let home = u32::from(self.home_of_sku(sku).0);
-        Partition(((home + u32::from(segment)) % u32::from(self.partitions)) as u16)
+        self.segment_partition_from(self.home_of_sku(sku), segment)
+    }
+
+    /// [`Self::segment_partition`] from the SKU's home, already hashed: the hash is a SHA-256,
+    /// and the hot path asks for every segment of a SKU on each deduct.
+    fn segment_partition_from(&self, home: Partition, segment: u16) -> Partition {
+        Partition(((u32::from(home.0) + u32::from(segment)) % u32::from(self.partitions)) as u16)
     }
 
     /// The lowest segment number partition `p` can hold: the one segment it holds, if any,
@@ -135,7 +140,10 @@ impl KeySchema {
     /// The distinct partitions holding the SKU's `segments` segments, in segment order.
     pub fn sku_partitions(&self, sku: &SkuId, segments: u16) -> Vec<Partition> {
         let count = segments.min(self.partitions);
-        (0..count).map(|s| self.segment_partition(sku, s)).collect()
+        let home = self.home_of_sku(sku);
+        (0..count)
+            .map(|s| self.segment_partition_from(home, s))
+            .collect()
     }
 
     /// The order in which a reserve that found its first partition short visits the others:
