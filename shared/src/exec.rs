@@ -54,6 +54,11 @@ pub enum FailureKind {
     /// was run. The message is flashcart's own words naming the node and the cause (never a
     /// client's text), written for whoever runs the deployment, so an answer may show it.
     Unreachable,
+    /// The write was made on the master but no replica confirmed it in time
+    /// (`durability = replicated`), or the master refused it for want of replicas
+    /// (`NOREPLICAS`). The decision may be stored: only a replay of the same request learns
+    /// it. The message is flashcart's own words.
+    NotReplicated,
 }
 
 /// A failed Redis call.

@@ -470,6 +470,7 @@ impl From<ExecError> for Rejection {
     fn from(e: ExecError) -> Self {
         match e.kind {
             crate::exec::FailureKind::Unreachable => Rejection::Unreachable(e.message),
+            crate::exec::FailureKind::NotReplicated => Rejection::NotReplicated(e.message),
             crate::exec::FailureKind::Connection
             | crate::exec::FailureKind::Timeout
             | crate::exec::FailureKind::Server => Rejection::Unavailable(e.to_string()),

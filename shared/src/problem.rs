@@ -143,6 +143,12 @@ pub enum Rejection {
     /// own words, for whoever runs the deployment.
     #[error("{0}")]
     Unreachable(String),
+    /// `durability = replicated`: no replica confirmed the write in time, or the master
+    /// refused to write without one (503, `Retry-After`). The request may have been decided
+    /// and stored on the master: a retry with the same Idempotency-Key gets that decision,
+    /// never a second one. The text is flashcart's own words (which node, how long).
+    #[error("{0}; the request may have been decided: retry with the same Idempotency-Key")]
+    NotReplicated(String),
 }
 
 impl Rejection {
@@ -177,7 +183,8 @@ impl Rejection {
             | Rejection::IllegalTransition { .. }
             | Rejection::SkuConflict
             | Rejection::Unavailable(_)
-            | Rejection::Unreachable(_) => false,
+            | Rejection::Unreachable(_)
+            | Rejection::NotReplicated(_) => false,
         }
     }
 
@@ -206,7 +213,10 @@ impl Rejection {
             Rejection::UnsupportedMediaType => 415,
             Rejection::IdempotencyMismatch => 422,
             Rejection::RateLimited { .. } => 429,
-            Rejection::Fenced | Rejection::Unavailable(_) | Rejection::Unreachable(_) => 503,
+            Rejection::Fenced
+            | Rejection::Unavailable(_)
+            | Rejection::Unreachable(_)
+            | Rejection::NotReplicated(_) => 503,
         }
     }
 
@@ -238,6 +248,7 @@ impl Rejection {
             Rejection::MethodNotAllowed { .. } => "method-not-allowed",
             Rejection::Fenced => "inventory-recovering",
             Rejection::Unavailable(_) | Rejection::Unreachable(_) => "inventory-unavailable",
+            Rejection::NotReplicated(_) => "inventory-not-replicated",
         }
     }
 
@@ -326,6 +337,7 @@ mod tests {
             Rejection::MethodNotAllowed { allow: "GET" },
             Rejection::Fenced,
             Rejection::Unavailable("down".into()),
+            Rejection::NotReplicated("no replica confirmed".into()),
         ]
     }
 
@@ -369,6 +381,17 @@ mod tests {
         assert_eq!(
             wrong.problem().detail.as_deref(),
             Some("redis node 10.0.0.9:7000 is not a cluster node")
+        );
+        let unconfirmed = Rejection::NotReplicated(
+            "no replica of redis node 10.0.0.9:7000 confirmed the write within 100 ms".into(),
+        );
+        assert_eq!(unconfirmed.status(), 503);
+        assert!(!unconfirmed.decided_nothing(), "the decision may be stored");
+        assert!(
+            unconfirmed
+                .problem()
+                .detail
+                .is_some_and(|d| d.contains("10.0.0.9:7000") && d.contains("Idempotency-Key"))
         );
         assert_eq!(
             Rejection::RateLimited { retry_after_ms: 5 }

@@ -93,8 +93,9 @@ impl ApiResponse {
         if let Rejection::MethodNotAllowed { allow } = rejection {
             response.headers.push(("allow".into(), (*allow).into()));
         }
-        if let Rejection::Fenced = rejection {
-            // Settlement checks a fenced partition every maintenance pass (1 s by default).
+        if let Rejection::Fenced | Rejection::NotReplicated(_) = rejection {
+            // Settlement checks a fenced partition every maintenance pass (1 s by default); a
+            // replica lagging or being replaced takes about as long.
             response.headers.push(("retry-after".into(), "1".into()));
         }
         if let Rejection::Unauthorized = rejection {
@@ -181,5 +182,15 @@ mod tests {
         );
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["type"], "urn:flashcart:problem:inventory-recovering");
+    }
+
+    #[test]
+    fn an_unconfirmed_write_is_a_503_with_retry_after() {
+        let r = ApiResponse::problem(&Rejection::NotReplicated("no replica confirmed".into()));
+        assert_eq!((r.status, r.header_value("retry-after")), (503, Some("1")));
+        assert_eq!(
+            r.json_body()["type"],
+            "urn:flashcart:problem:inventory-not-replicated"
+        );
     }
 }

@@ -9,11 +9,14 @@
 //!   the only thing `spin:redis` passes on.
 //! - [`target`]: which node a command runs on (a slot, every master, any node).
 //! - [`seeds`]: the `redis_address` seed list.
+//! - [`durability`]: the `durability` variable: `local`, or `replicated` (`WAIT` for a
+//!   replica after every write, on the connection that wrote).
 //! - [`Router`]: the core's `RedisExecutor` that puts these together, with a connection per
 //!   node cached in the instance and the map cached in the instance and the node's
 //!   key-value store.
 #![deny(missing_docs)]
 
+pub mod durability;
 pub mod redirect;
 mod router;
 pub mod seeds;
@@ -21,5 +24,6 @@ pub mod slot;
 pub mod target;
 pub mod topology;
 
+pub use durability::{Durability, DurabilityError};
 pub use router::{Connector, MapCache, OpenError, Router};
 pub use seeds::{SeedError, Seeds};

@@ -13,6 +13,10 @@
 //!
 //! Every edge operation is idempotent (an Idempotency-Key, a PSP event id, a load's terms), so
 //! running a command again after a failure whose outcome is unknown is safe.
+//!
+//! With [`Durability::Replicated`], every `FCALL` is followed by `WAIT 1 <ms>` on the
+//! connection that ran it; no replica in time is [`FailureKind::NotReplicated`], not retried
+//! here (the wait was the retry's worth of time): the buyer's retry replays the decision.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,6 +26,7 @@ use std::rc::Rc;
 use flashcart_core::exec::{ExecError, FailureKind, RedisExecutor, Value};
 use flashcart_edge_cache::{Clock, KvStore};
 
+use crate::durability::{Durability, is_no_replicas};
 use crate::redirect::{Redirect, is_not_a_cluster};
 use crate::seeds::{Node, Seeds};
 use crate::target::Target;
@@ -83,6 +88,9 @@ enum NodeFailure {
     NotAllowed,
     Unreachable,
     Failed(String),
+    /// The write ran, but no replica confirmed it within this many ms (0: the master refused
+    /// to write without replicas, `NOREPLICAS`).
+    NotReplicated(u64),
 }
 
 /// The executor: see the module docs.
@@ -92,6 +100,7 @@ pub struct Router<C: Connector, S, K> {
     cache: Option<MapCache<S, K>>,
     mode: RefCell<Mode>,
     connections: RefCell<HashMap<String, Rc<C::Connection>>>,
+    durability: Durability,
 }
 
 fn unavailable(kind: FailureKind, message: String) -> ExecError {
@@ -107,7 +116,20 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
             cache,
             mode: RefCell::new(Mode::Unknown),
             connections: RefCell::new(HashMap::new()),
+            durability: Durability::Local,
         }
+    }
+
+    /// The same router, confirming every write as `durability` says.
+    #[must_use]
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The durability profile in force.
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     /// The connector.
@@ -152,8 +174,10 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
         }
     }
 
-    /// Runs one command on `node` (after `ASKING` when `asking`). A failed command that is
-    /// not a redirect drops the connection: the runtime does not say whether it survived.
+    /// Runs one command on `node` (after `ASKING` when `asking`), then, for a write under
+    /// [`Durability::Replicated`], `WAIT`s for a replica on the same connection. A failed
+    /// command that is not a redirect drops the connection: the runtime does not say whether
+    /// it survived.
     async fn run(
         &self,
         node: &Node,
@@ -172,13 +196,58 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
         if result.is_ok() {
             result = self.connector.execute(&conn, command, args).await;
         }
-        result.map_err(|message| {
+        let values = result.map_err(|message| {
+            if is_no_replicas(&message) {
+                return NodeFailure::NotReplicated(0);
+            }
             // Redirects and "not a cluster" are answers: the connection is fine.
             if Redirect::parse(&message).is_none() && !is_not_a_cluster(&message) {
                 self.forget(node, &conn);
             }
             NodeFailure::Failed(message)
-        })
+        })?;
+        match self.durability.waits_after(command) {
+            Some(ms) => self.confirm(node, &conn, ms).await.map(|()| values),
+            None => Ok(values),
+        }
+    }
+
+    /// `WAIT 1 ms` on the connection that just wrote: `WAIT` counts the replicas that have
+    /// everything this connection wrote so far, which includes our write. On flashcart's host
+    /// the connection is the node's shared multiplexed one, so its other commands queue behind
+    /// the wait (a replica that is slow or gone costs every request to that master up to `ms`).
+    async fn confirm(
+        &self,
+        node: &Node,
+        conn: &Rc<C::Connection>,
+        ms: u64,
+    ) -> Result<(), NodeFailure> {
+        let args = ["1".to_owned(), ms.to_string()];
+        match self.connector.execute(conn, "WAIT", &args).await {
+            Ok(values) if values.first().and_then(Value::int).unwrap_or(0) >= 1 => Ok(()),
+            Ok(_) => Err(NodeFailure::NotReplicated(ms)),
+            Err(message) => {
+                // The write's fate is known (it ran); whether it reached a replica is not.
+                self.forget(node, conn);
+                Err(NodeFailure::Failed(message))
+            }
+        }
+    }
+
+    fn not_replicated(node: &Node, ms: u64) -> ExecError {
+        unavailable(
+            FailureKind::NotReplicated,
+            match ms {
+                0 => format!(
+                    "redis node {} refused to write without a replica (min-replicas-to-write)",
+                    node.address()
+                ),
+                ms => format!(
+                    "no replica of redis node {} confirmed the write within {ms} ms (durability = replicated)",
+                    node.address()
+                ),
+            },
+        )
     }
 
     fn refused(node: &Node) -> ExecError {
@@ -201,7 +270,7 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
     /// The node for `target` now, reading the map first when that is needed.
     async fn node_for(&self, slot: Option<u16>) -> Result<Node, ExecError> {
         if matches!(*self.mode.borrow(), Mode::Unknown) && !self.seeds.is_single() {
-            self.discover(false, None).await?;
+            self.discover(false, None, None).await?;
         }
         match &*self.mode.borrow() {
             Mode::Unknown | Mode::Single => Ok(self.seeds.nodes()[0].clone()),
@@ -225,8 +294,15 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
     }
 
     /// Reads the slot map: from the node's store unless `fresh`, else with `CLUSTER NODES`
-    /// from `first`, the known masters, then the seeds, until one answers.
-    async fn discover(&self, fresh: bool, first: Option<Node>) -> Result<(), ExecError> {
+    /// from `first`, the known masters, then the seeds, until one answers — never from
+    /// `failed`, the node a command just failed on (a dead master is asked once per command,
+    /// not twice: each attempt can cost a connect timeout).
+    async fn discover(
+        &self,
+        fresh: bool,
+        first: Option<Node>,
+        failed: Option<&Node>,
+    ) -> Result<(), ExecError> {
         if !fresh && let Some(mode) = self.cached().await {
             *self.mode.borrow_mut() = mode;
             return Ok(());
@@ -237,7 +313,7 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
         }
         candidates.extend(self.seeds.nodes().iter().cloned());
         let mut failures: Vec<String> = Vec::new();
-        let mut asked: Vec<String> = Vec::new();
+        let mut asked: Vec<String> = failed.map(|n| n.address().to_owned()).into_iter().collect();
         for node in candidates {
             if asked.contains(&node.address().to_owned()) {
                 continue;
@@ -265,7 +341,9 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
                     }
                     return self.adopt(Mode::Single).await;
                 }
-                Err(NodeFailure::Failed(_)) => format!("{} refused CLUSTER NODES", node.address()),
+                Err(NodeFailure::Failed(_) | NodeFailure::NotReplicated(_)) => {
+                    format!("{} refused CLUSTER NODES", node.address())
+                }
                 Err(NodeFailure::NotAllowed) => {
                     format!("{} is not in allowed_outbound_hosts", node.address())
                 }
@@ -317,7 +395,8 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
     /// A `MOVED` answer: re-read the map (from the node named first, which is up), and trust
     /// the answer for its slot if the map does not say so yet.
     async fn follow_moved(&self, slot: u16, address: &str) -> Result<(), ExecError> {
-        self.discover(true, Some(self.seeds.node(address))).await?;
+        self.discover(true, Some(self.seeds.node(address)), None)
+            .await?;
         let updated = {
             let mut mode = self.mode.borrow_mut();
             let Mode::Cluster(t) = &mut *mode else {
@@ -353,14 +432,25 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
             let asking = ask.is_some();
             let node = match ask.take() {
                 Some(node) => node,
-                None => self.node_for(slot).await?,
+                None => match self.node_for(slot).await {
+                    Ok(node) => node,
+                    // The map has no master for the slot (it was read while a failed master's
+                    // replica was not promoted yet): read it again once, it may have one now.
+                    Err(_) if self.is_cluster() && !retried => {
+                        retried = true;
+                        self.discover(true, None, None).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             let message = match self.run(&node, asking, command, args).await {
                 Ok(values) => return Ok(values),
                 Err(NodeFailure::NotAllowed) => return Err(Self::refused(&node)),
+                Err(NodeFailure::NotReplicated(ms)) => return Err(Self::not_replicated(&node, ms)),
                 Err(NodeFailure::Unreachable) if self.is_cluster() && !retried => {
                     retried = true;
-                    self.discover(true, None).await?;
+                    self.discover(true, None, Some(&node)).await?;
                     continue;
                 }
                 Err(NodeFailure::Unreachable) => return Err(Self::unreachable(&node)),
@@ -383,7 +473,7 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
                 }
                 None if self.is_cluster() && !retried => {
                     retried = true;
-                    self.discover(true, None).await?;
+                    self.discover(true, None, Some(&node)).await?;
                 }
                 None => {
                     return Err(unavailable(FailureKind::Server, message));
@@ -407,7 +497,7 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
         args: &[String],
     ) -> Result<Vec<Value>, ExecError> {
         if matches!(*self.mode.borrow(), Mode::Unknown) {
-            self.discover(false, None).await?;
+            self.discover(false, None, None).await?;
         }
         let Some(topology) = self.topology() else {
             return self.routed(None, command, args).await;
@@ -419,6 +509,7 @@ impl<C: Connector, S: KvStore, K: Clock> Router<C, S, K> {
                 Ok(values) => answers.push(values),
                 Err(NodeFailure::NotAllowed) => return Err(Self::refused(&node)),
                 Err(NodeFailure::Unreachable) => return Err(Self::unreachable(&node)),
+                Err(NodeFailure::NotReplicated(ms)) => return Err(Self::not_replicated(&node, ms)),
                 Err(NodeFailure::Failed(m)) => {
                     return Err(unavailable(
                         FailureKind::Server,

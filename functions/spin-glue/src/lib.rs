@@ -20,7 +20,9 @@
 //! list of a Redis Cluster's seed nodes), `admin_token`,
 //! `psp_signing_secrets` (comma-separated, newest first), `partitions` (16),
 //! `cache_staleness_ms` (250), `sold_out_ttl_ms` (1000), `buyer_rate_capacity` (20),
-//! `buyer_rate_per_second` (10; 0 turns the limiter off).
+//! `buyer_rate_per_second` (10; 0 turns the limiter off), `durability` (`local`, or
+//! `replicated`: a replica confirms every write within `durability_wait_ms`, 100, or the
+//! answer is 503 — see [`flashcart_redis_route::durability`]).
 #![deny(missing_docs)]
 
 use std::cell::RefCell;
@@ -34,7 +36,7 @@ use flashcart_core::inventory::{RateLimit, Settings};
 use flashcart_core::signature::SigningSecret;
 use flashcart_core::{Inventory, KeySchema, Rejection};
 use flashcart_edge_cache::{CacheConfig, Clock, KvError, KvStore};
-use flashcart_redis_route::{Connector, MapCache, OpenError, Router, Seeds};
+use flashcart_redis_route::{Connector, Durability, MapCache, OpenError, Router, Seeds};
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::redis::{self as redis3, RedisParameter, RedisResult};
 
@@ -188,12 +190,18 @@ async fn number(name: &str, default: u64) -> Result<u64, Rejection> {
 /// store connect on first use.
 ///
 /// # Errors
-/// 503 when `redis_address` is missing or a number is malformed.
+/// 503 naming the variable when `redis_address` is missing, a number is malformed, or
+/// `durability` is not a profile.
 pub async fn edge() -> Result<SpinEdge, Rejection> {
     let address = variable("redis_address")
         .await
         .ok_or_else(|| Rejection::Unreachable("the redis_address variable is not set".into()))?;
     let seeds = Seeds::parse(&address).map_err(|e| Rejection::Unreachable(e.to_string()))?;
+    let durability = Durability::parse(
+        variable("durability").await.as_deref(),
+        variable("durability_wait_ms").await.as_deref(),
+    )
+    .map_err(|e| Rejection::Unreachable(e.to_string()))?;
     let partitions = number("partitions", u64::from(KeySchema::DEFAULT_PARTITIONS)).await?;
     let schema = KeySchema::new(u32::try_from(partitions).unwrap_or(0))
         .map_err(|e| Rejection::Unreachable(format!("variable partitions: {e}")))?;
@@ -224,7 +232,7 @@ pub async fn edge() -> Result<SpinEdge, Rejection> {
         clock: WallClock,
         ttl_ms: TOPOLOGY_TTL_MS,
     };
-    let redis = Router::new(seeds, SpinConnector, Some(map_cache));
+    let redis = Router::new(seeds, SpinConnector, Some(map_cache)).with_durability(durability);
     let inventory = Inventory::new(redis, schema, settings);
     Ok(Edge::new(inventory, kv, WallClock, cache, config))
 }

@@ -57,7 +57,7 @@ pub async fn segments_spread_and_a_moved_partition_is_followed() {
     };
     let loaded = load(n, "spread", 160, 16, -1_000).await;
     assert_eq!(loaded.status, 201, "{loaded:?}");
-    for (i, server) in cluster.nodes().iter().enumerate() {
+    for (i, server) in n.redis().servers().iter().enumerate() {
         assert!(
             keys_on(server) > 0,
             "master {i} holds some of the SKU's partitions"
@@ -115,7 +115,7 @@ pub async fn segments_spread_and_a_moved_partition_is_followed() {
 /// problem+json naming that node and the setting, and nothing is written on it.
 pub async fn a_node_outside_the_allowed_hosts_is_named() {
     let redis = Redis::start(Kind::HttpCluster);
-    let mut ports: Vec<u16> = redis.servers().iter().map(RedisServer::port).collect();
+    let mut ports: Vec<u16> = redis.servers().iter().map(|s| s.port()).collect();
     ports.sort_unstable();
     // `lo..hi` excludes `hi`: the master on the highest port is not allowed.
     let options = NodeOptions {
@@ -129,7 +129,7 @@ pub async fn a_node_outside_the_allowed_hosts_is_named() {
     let refused = n
         .redis()
         .servers()
-        .iter()
+        .into_iter()
         .find(|s| s.port() == ports[2])
         .expect("node");
     let answer = load(n, "fenced", 160, 16, -1_000).await;

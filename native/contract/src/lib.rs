@@ -22,4 +22,7 @@ pub mod node;
 pub mod sell_out;
 pub mod signatures;
 
-pub use node::{HOST_PROBLEM_TYPES, Kind, Node, NodeClock, NodeOptions, PROBLEM_TYPES, Redis};
+pub use node::{
+    HOST_PROBLEM_TYPES, Kind, Node, NodeClock, NodeOptions, PROBLEM_TYPES,
+    REPLICATED_PROBLEM_TYPES, Redis,
+};

@@ -56,6 +56,10 @@ pub const PROBLEM_TYPES: [&str; 24] = [
     "inventory-recovering",
 ];
 
+/// Problem types only an edge with `durability = replicated` emits (no replica confirmed a
+/// write): the failover tests see them; listed in `docs/openapi.json` beside [`PROBLEM_TYPES`].
+pub const REPLICATED_PROBLEM_TYPES: [&str; 1] = ["inventory-not-replicated"];
+
 /// Stock reads stay fresh this long in tests, so "the second read is a cache hit" does not
 /// depend on how busy the machine is.
 const CACHE_STALENESS_MS: u64 = 5_000;
@@ -78,8 +82,8 @@ pub enum Kind {
     InProcess,
     /// HTTP to flashcart's host serving `spin.toml` with the built components.
     Http,
-    /// As [`Kind::Http`], against a private 3-master Redis Cluster: the components route
-    /// each call to its partition's master themselves.
+    /// As [`Kind::Http`], against a private Redis Cluster of 3 masters with a replica each:
+    /// the components route each call to its partition's master themselves.
     HttpCluster,
 }
 
@@ -94,9 +98,13 @@ const PATIENT: Timeouts = Timeouts {
 pub enum Redis {
     /// One server.
     Single(RedisServer),
-    /// A 3-master cluster.
+    /// A cluster (3 masters, a replica each).
     Cluster(RedisCluster),
 }
+
+/// `cluster-node-timeout` of the test kit's clusters here: a master is failed over about this
+/// long after it died (plus the replica's election, about a second).
+pub const CLUSTER_NODE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Redis {
     /// Starts what `kind` runs against.
@@ -108,23 +116,31 @@ impl Redis {
             Kind::InProcess | Kind::Http => {
                 Redis::Single(RedisServer::start().expect("redis-server"))
             }
-            Kind::HttpCluster => {
-                Redis::Cluster(RedisCluster::start(3).expect("a 3-master redis cluster"))
-            }
+            Kind::HttpCluster => Redis::Cluster(
+                RedisCluster::start_with_replicas(3, 1, CLUSTER_NODE_TIMEOUT)
+                    .expect("a redis cluster of 3 masters with a replica each"),
+            ),
         }
     }
 
-    /// Every server (the masters of a cluster).
-    pub fn servers(&self) -> &[RedisServer] {
+    /// Every server that takes writes: the one server, or a cluster's masters as started (a
+    /// replica's counters and keys are copies of its master's; asking the nodes their roles
+    /// would move the counters tests read).
+    pub fn servers(&self) -> Vec<&RedisServer> {
         match self {
+            Redis::Single(s) => vec![s],
+            Redis::Cluster(c) => c.first_masters().iter().collect(),
+        }
+    }
+
+    /// `redis_address` for the components: `host:port`, comma-separated for a cluster (every
+    /// node, replicas too: any node answers `CLUSTER NODES`).
+    pub fn seeds(&self) -> String {
+        let nodes = match self {
             Redis::Single(s) => std::slice::from_ref(s),
             Redis::Cluster(c) => c.nodes(),
-        }
-    }
-
-    /// `redis_address` for the components: `host:port`, comma-separated for a cluster.
-    pub fn seeds(&self) -> String {
-        self.servers()
+        };
+        nodes
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port()))
             .collect::<Vec<_>>()
@@ -292,6 +308,17 @@ impl Node {
     /// # Panics
     /// When Redis cannot be reached, or (over HTTP) the components were not built.
     pub async fn start_on(kind: Kind, options: NodeOptions, redis: Redis) -> Self {
+        let mut node = Self::start_beside(kind, options, &redis).await;
+        node.redis = Some(redis);
+        node
+    }
+
+    /// Starts the edge over `redis`, which the caller keeps (to kill and restart its nodes
+    /// while buyers use the edge); [`Node::redis`] is not available then.
+    ///
+    /// # Panics
+    /// As [`Node::start_on`].
+    pub async fn start_beside(kind: Kind, options: NodeOptions, redis: &Redis) -> Self {
         let target = redis.target();
         let inventory = flashcart_inventory::open_with(
             &target,
@@ -334,11 +361,11 @@ impl Node {
                     matches!(options.clock, NodeClock::Wall),
                     "a manual clock drives in-process nodes only"
                 );
-                Self::serve_manifest(&redis, &options).await
+                Self::serve_manifest(redis, &options).await
             }
         };
         Self {
-            redis: Some(redis),
+            redis: None,
             inventory,
             transport,
         }

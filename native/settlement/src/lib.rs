@@ -483,7 +483,11 @@ async fn serve<C: redis::aio::ConnectionLike + Send>(
                     _ => false,
                 };
                 tracing::warn!(error = %e, transient, failures, "settlement step failed; retrying");
+                // Backs off, but never past the maintenance period: after a failover the
+                // steps fail for the election's seconds, and the promoted replica's fenced
+                // partitions must be checked by the next recovery pass, not 6 s later.
                 Duration::from_millis(100u64 << failures.min(6))
+                    .min(config.maintain_every.max(Duration::from_millis(100)))
             }
         };
         tokio::select! {

@@ -3,8 +3,10 @@
 //!
 //! - [`RedisServer`]: one `redis-server` with AOF on; it can be killed (SIGKILL), its AOF cut
 //!   back to an earlier size (a simulated power cut) and restarted on the same port and dir.
-//! - [`RedisCluster`]: three `redis-server --cluster-enabled yes` masters joined with
-//!   `redis-cli --cluster create`.
+//! - [`RedisCluster`]: `redis-server --cluster-enabled yes` masters joined with
+//!   `redis-cli --cluster create`, optionally a replica for each (`CLUSTER REPLICATE`); a
+//!   node can be killed (SIGKILL), its replica's promotion waited for, and the node restarted
+//!   (it rejoins as a replica).
 //! - [`snapshot`]: every key of a server, `DUMP`ed, to assert that a call changed nothing.
 
 pub mod postgres;

@@ -31,7 +31,9 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: TempDir,
-    cluster: bool,
+    /// `cluster-node-timeout` in ms, for a cluster node.
+    cluster: Option<u64>,
+    running: bool,
 }
 
 impl RedisServer {
@@ -40,22 +42,23 @@ impl RedisServer {
     /// # Errors
     /// When `redis-server` cannot be started or does not answer within 10 s.
     pub fn start() -> Result<Self> {
-        Self::spawn(false)
+        Self::spawn(None)
     }
 
-    fn spawn(cluster: bool) -> Result<Self> {
+    fn spawn(cluster: Option<u64>) -> Result<Self> {
         let mut last_err = None;
         for _ in 0..5 {
             let dir = tempfile::Builder::new()
                 .prefix("flashcart-redis-")
                 .tempdir()?;
-            let port = free_port(cluster)?;
+            let port = free_port(cluster.is_some())?;
             let child = Self::launch(port, dir.path(), cluster)?;
             let mut server = Self {
                 child,
                 port,
                 dir,
                 cluster,
+                running: true,
             };
             match server.wait_ready() {
                 Ok(()) => return Ok(server),
@@ -69,7 +72,7 @@ impl RedisServer {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
     }
 
-    fn launch(port: u16, dir: &Path, cluster: bool) -> Result<Child> {
+    fn launch(port: u16, dir: &Path, cluster: Option<u64>) -> Result<Child> {
         let mut cmd = Command::new(redis_server_binary());
         cmd.args([
             "--port",
@@ -85,14 +88,19 @@ impl RedisServer {
         .args(["--logfile", "redis.log", "--daemonize", "no"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        if cluster {
+        if let Some(node_timeout_ms) = cluster {
             cmd.args([
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
             ])
-            .args(["--cluster-node-timeout", "5000"]);
+            .args(["--cluster-node-timeout", &node_timeout_ms.to_string()])
+            // Partitions are independent: the others serve on while one master is failed
+            // over (the default stops the whole cluster until every slot has a master).
+            .args(["--cluster-require-full-coverage", "no"])
+            // A replica's first sync starts at once (the default waits 5 s for more replicas).
+            .args(["--repl-diskless-sync-delay", "0"]);
         }
         cmd.spawn().with_context(|| {
             format!(
@@ -137,7 +145,13 @@ impl RedisServer {
     pub fn kill(&mut self) -> Result<()> {
         self.child.kill().context("SIGKILL redis-server")?;
         self.child.wait()?;
+        self.running = false;
         Ok(())
+    }
+
+    /// Whether the server runs (it was not [`Self::kill`]ed, or was restarted since).
+    pub fn is_running(&self) -> bool {
+        self.running
     }
 
     /// The AOF file that takes new writes and its size now: the last incremental file the
@@ -210,6 +224,7 @@ impl RedisServer {
             bail!("restart a killed server only");
         }
         self.child = Self::launch(self.port, self.dir.path(), self.cluster)?;
+        self.running = true;
         self.wait_ready()
     }
 
@@ -273,25 +288,68 @@ impl Drop for RedisServer {
     }
 }
 
-/// A private 3-master Redis Cluster.
+/// A private Redis Cluster: masters, and optionally replicas for each.
 pub struct RedisCluster {
+    /// Masters first (as started), then replicas: `nodes[masters + i]` replicates
+    /// `nodes[i % masters]` at the start.
     nodes: Vec<RedisServer>,
+    masters: usize,
+}
+
+/// How often a condition is looked at while waiting for the cluster.
+const POLL: Duration = Duration::from_millis(50);
+
+fn redis_cli() -> String {
+    std::env::var("FLASHCART_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
+}
+
+/// A node's `INFO <section>` field, e.g. `role` of `replication`.
+fn info_field(node: &RedisServer, section: &str, field: &str) -> Result<Option<String>> {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query(&mut node.connection()?)?;
+    Ok(info.lines().find_map(|l| {
+        l.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    }))
 }
 
 impl RedisCluster {
-    /// Starts `masters` cluster-enabled servers and joins them (no replicas).
+    /// Starts `masters` cluster-enabled servers and joins them (no replicas),
+    /// `cluster-node-timeout` 5 s.
     ///
     /// # Errors
     /// When a node does not start or the cluster does not reach `cluster_state:ok` in 30 s.
     pub fn start(masters: usize) -> Result<Self> {
-        let nodes = (0..masters)
-            .map(|_| RedisServer::spawn(true))
+        Self::start_with_replicas(masters, 0, Duration::from_secs(5))
+    }
+
+    /// Starts `masters` masters and `replicas` replicas for each (`CLUSTER MEET`, then
+    /// `CLUSTER REPLICATE`, so which replica follows which master is known:
+    /// `nodes()[masters + i]` follows `nodes()[i % masters]`), every node with AOF on and
+    /// `cluster-node-timeout` = `node_timeout`, and waits until every replica is in sync.
+    ///
+    /// # Errors
+    /// When a node does not start, or the cluster is not whole within 30 s.
+    pub fn start_with_replicas(
+        masters: usize,
+        replicas: usize,
+        node_timeout: Duration,
+    ) -> Result<Self> {
+        let timeout_ms = u64::try_from(node_timeout.as_millis()).unwrap_or(u64::MAX);
+        let nodes = (0..masters * (1 + replicas))
+            .map(|_| RedisServer::spawn(Some(timeout_ms)))
             .collect::<Result<Vec<_>>>()?;
-        let cli = std::env::var("FLASHCART_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+        let cli = redis_cli();
         let out = Command::new(&cli)
             .arg("--cluster")
             .arg("create")
-            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(
+                nodes[..masters]
+                    .iter()
+                    .map(|n| format!("127.0.0.1:{}", n.port)),
+            )
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .with_context(|| {
@@ -303,36 +361,84 @@ impl RedisCluster {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, masters };
+        for replica in masters..cluster.nodes.len() {
+            cluster.attach_replica(replica, replica % masters)?;
+        }
         cluster.wait_ok()?;
         Ok(cluster)
     }
 
+    /// Joins node `replica` to the cluster and makes it a replica of node `master`.
+    fn attach_replica(&self, replica: usize, master: usize) -> Result<()> {
+        let master_id = self.node_id(master)?;
+        let mut conn = self.nodes[replica].connection()?;
+        redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(self.nodes[master].port)
+            .query::<()>(&mut conn)?;
+        // `CLUSTER REPLICATE` needs the master known to the new node (gossip, a moment).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let known: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                .arg("REPLICATE")
+                .arg(&master_id)
+                .query(&mut conn);
+            match known {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    bail!("node {replica} cannot replicate node {master}: {e}")
+                }
+                Err(_) => sleep(POLL),
+            }
+        }
+    }
+
+    /// Waits until every running node sees the cluster whole: `cluster_state:ok`, every
+    /// node known and none in a handshake, each master's slots, and every replica in sync.
     fn wait_ok(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        'retry: loop {
+        loop {
+            if self.is_whole()? {
+                return Ok(());
+            }
             if Instant::now() > deadline {
-                bail!("cluster did not reach cluster_state:ok within 30 s");
+                bail!("cluster was not whole within 30 s (cluster_state, slots, replica sync)");
             }
-            sleep(Duration::from_millis(100));
-            for node in &self.nodes {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(&mut node.connection()?)?;
-                if !info.contains("cluster_state:ok") {
-                    continue 'retry;
-                }
-                // Every node must know every slot's owner before clients route by it.
-                let slots: redis::Value = redis::cmd("CLUSTER")
-                    .arg("SLOTS")
-                    .query(&mut node.connection()?)?;
-                match slots {
-                    redis::Value::Array(ranges) if ranges.len() == self.nodes.len() => {}
-                    _ => continue 'retry,
-                }
-            }
-            return Ok(());
+            sleep(POLL);
         }
+    }
+
+    fn is_whole(&self) -> Result<bool> {
+        for node in self.nodes.iter().filter(|n| n.running) {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut node.connection()?)?;
+            if !info.contains("cluster_state:ok") {
+                return Ok(false);
+            }
+            // Every node must know every slot's owner before clients route by it.
+            let slots: redis::Value = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query(&mut node.connection()?)?;
+            match slots {
+                redis::Value::Array(ranges) if ranges.len() == self.masters => {}
+                _ => return Ok(false),
+            }
+            let known: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(&mut node.connection()?)?;
+            if known.lines().count() != self.nodes.len() || known.contains("handshake") {
+                return Ok(false);
+            }
+            if info_field(node, "replication", "role")?.as_deref() == Some("slave")
+                && info_field(node, "replication", "master_link_status")?.as_deref() != Some("up")
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The nodes' URLs.
@@ -340,17 +446,84 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
-    /// The nodes.
+    /// Every node, masters first as started, then replicas (see
+    /// [`RedisCluster::start_with_replicas`]); a failover changes roles, not this order.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
     }
 
-    /// The index of the node that serves `slot`, as the first node sees it.
+    /// The nodes started as masters (a failover changes roles: [`RedisCluster::masters`]
+    /// asks the nodes). Asks nothing, so counters read from them stay undisturbed.
+    pub fn first_masters(&self) -> &[RedisServer] {
+        &self.nodes[..self.masters]
+    }
+
+    /// The nodes that are running masters now (`ROLE`), by index into [`RedisCluster::nodes`].
+    ///
+    /// # Errors
+    /// When a running node cannot be asked.
+    pub fn masters(&self) -> Result<Vec<usize>> {
+        let mut out = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.running && info_field(node, "replication", "role")?.as_deref() == Some("master")
+            {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Kills node `index` with SIGKILL (a crashed master or replica); the others notice after
+    /// `cluster-node-timeout`.
+    ///
+    /// # Errors
+    /// When the process cannot be killed.
+    pub fn kill(&mut self, index: usize) -> Result<()> {
+        self.nodes[index].kill()
+    }
+
+    /// Starts killed node `index` again on its port, directory and `nodes.conf`: a former
+    /// master whose slots were taken over rejoins as a replica of the new master (full sync).
+    /// Returns once the cluster is whole again.
+    ///
+    /// # Errors
+    /// When it does not start, or the cluster is not whole within 30 s.
+    pub fn restart(&mut self, index: usize) -> Result<()> {
+        self.nodes[index].restart()?;
+        self.wait_ok()
+    }
+
+    /// Waits until node `replica` has been promoted (after its master died) and every
+    /// running node sees the cluster whole again; returns how long that took from the call.
+    ///
+    /// # Errors
+    /// When that does not happen within `within`.
+    pub fn wait_promoted(&self, replica: usize, within: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        let node = &self.nodes[replica];
+        loop {
+            let promoted = info_field(node, "replication", "role")?.as_deref() == Some("master");
+            if promoted && self.is_whole()? {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                bail!("node {replica} was not promoted within {within:?}");
+            }
+            sleep(POLL);
+        }
+    }
+
+    /// The index of the node that serves `slot`, as the first running node sees it.
     ///
     /// # Errors
     /// When the node cannot be asked or no node serves the slot.
     pub fn owner_of(&self, slot: u16) -> Result<usize> {
-        let mut conn = self.nodes[0].connection()?;
+        let asked = self
+            .nodes
+            .iter()
+            .find(|n| n.running)
+            .context("no node of the cluster runs")?;
+        let mut conn = asked.connection()?;
         let ranges: Vec<(u16, u16, (String, u16))> = {
             let raw: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn)?;
             let redis::Value::Array(ranges) = raw else {
@@ -425,16 +598,17 @@ impl RedisCluster {
         Ok(())
     }
 
-    /// Hands `slot` over to node `to` on every node (`CLUSTER SETSLOT … NODE`).
+    /// Hands `slot` over to node `to` on every master (`CLUSTER SETSLOT … NODE`; replicas
+    /// refuse `SETSLOT` and learn it from their masters).
     ///
     /// # Errors
     /// When a node refuses.
     pub fn finish_slot_move(&self, slot: u16, to: usize) -> Result<()> {
         let to_id = self.node_id(to)?;
-        for node in &self.nodes {
+        for master in self.masters()? {
             redis::cmd("CLUSTER")
                 .arg(&["SETSLOT", &slot.to_string(), "NODE", &to_id][..])
-                .query::<()>(&mut node.connection()?)?;
+                .query::<()>(&mut self.nodes[master].connection()?)?;
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! flashcart's host serving the repo's spin.toml with the built components (the same
 //! serving code as `flashcart up`).
 
+mod failover;
 mod hostile;
 mod openapi;
 mod paused;

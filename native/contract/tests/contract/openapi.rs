@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use flashcart_contract::{HOST_PROBLEM_TYPES, PROBLEM_TYPES};
+use flashcart_contract::{HOST_PROBLEM_TYPES, PROBLEM_TYPES, REPLICATED_PROBLEM_TYPES};
 
 fn repo_file(path: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -29,7 +29,11 @@ fn problem_types_in_the_spec_are_the_ones_the_edge_emits() {
                     .to_owned()
             })
             .collect();
-    let emitted: BTreeSet<String> = PROBLEM_TYPES.iter().map(|s| (*s).to_owned()).collect();
+    let emitted: BTreeSet<String> = PROBLEM_TYPES
+        .iter()
+        .chain(&REPLICATED_PROBLEM_TYPES)
+        .map(|s| (*s).to_owned())
+        .collect();
     let host: BTreeSet<String> = HOST_PROBLEM_TYPES.iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(listed, emitted.union(&host).cloned().collect());
     let info = spec["info"]["description"].as_str().expect("description");

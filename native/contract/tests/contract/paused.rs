@@ -15,7 +15,8 @@ async fn a_paused_redis_answers_retryably_and_the_retry_reserves_once() {
     // Connections are open before the pause, as in a running sale.
     assert_eq!(n.send(deduct_req("paused", "a", 1, "ka")).await.status, 201);
 
-    let redis = &n.redis().servers()[0];
+    let servers = n.redis().servers();
+    let redis = servers[0];
     redis.pause().expect("SIGSTOP");
     let stalled = n.send(deduct_req("paused", "b", 1, "kb")).await;
     redis.resume().expect("SIGCONT");

@@ -205,3 +205,77 @@ async fn a_load_cut_short_converges_when_sent_again() -> Result<()> {
     );
     Ok(())
 }
+
+/// `--redis-cluster` lists that cannot work — only nodes nobody listens on, or a plain Redis
+/// — stop settlement's start with an error naming the list, within seconds, never a hang; a
+/// list with one dead node among cluster nodes starts (any node answering is enough).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cluster_list_is_a_start_up_error_naming_it() -> Result<()> {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.to_string()
+    };
+    let plain = flashcart_testkit::RedisServer::start()?;
+    let plain = format!("127.0.0.1:{}", plain.port());
+    let cluster = RedisCluster::start(3)?;
+    let live = format!("127.0.0.1:{}", cluster.nodes()[1].port());
+    let config = |nodes: &[&str], dir: &std::path::Path| {
+        let ledger = dir.join("ledger.sqlite").display().to_string();
+        let mut config = flashcart_settlement::Config::new("redis://cluster.invalid:6379", &ledger);
+        config.redis_cluster = nodes.iter().map(|n| (*n).to_owned()).collect();
+        config.data_dir = dir.to_owned();
+        config
+    };
+    for bad in [vec![dead.as_str()], vec![plain.as_str()]] {
+        let dir = tempfile::tempdir()?;
+        let started = tokio::time::timeout(
+            Duration::from_secs(60),
+            flashcart_settlement::run(config(&bad, dir.path()), std::future::pending()),
+        )
+        .await;
+        let Ok(Err(e)) = started else {
+            bail!("settlement on {bad:?} did not stop with an error: {started:?}")
+        };
+        let text = format!("{e:#}");
+        assert!(text.contains(bad[0]), "{text}");
+    }
+    let dir = tempfile::tempdir()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(flashcart_settlement::run(
+        config(&[dead.as_str(), live.as_str()], dir.path()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // Started: it guarded every partition (through the live node's cluster).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let schema = KeySchema::default();
+    let mut conn = cluster.nodes()[1].connection()?;
+    loop {
+        let mut guarded = 0;
+        for p in schema.partitions() {
+            let owner = cluster.owner_of(
+                redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(schema.guard(p))
+                    .query::<u16>(&mut conn)?,
+            )?;
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(schema.guard(p))
+                .query(&mut cluster.nodes()[owner].connection()?)?;
+            guarded += usize::from(exists);
+        }
+        if guarded == usize::from(schema.partition_count()) {
+            break;
+        }
+        assert!(!running.is_finished(), "settlement stopped: {running:?}");
+        assert!(
+            Instant::now() < deadline,
+            "settlement never guarded the partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    running.await??;
+    Ok(())
+}
