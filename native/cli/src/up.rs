@@ -193,15 +193,29 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         };
         // Settlement beside the edge, so the local system is complete with one command; it
         // finishes its current batch when the same signal stops the host.
+        // A node whose settlement has stopped must not go on serving: its events would pile
+        // up unsettled and a fenced partition would never be lifted. Settlement failing (e.g.
+        // no Redis at its address) stops the host the way a signal does, and `up` exits with
+        // settlement's error.
+        let settlement_failed = Arc::new(tokio::sync::Notify::new());
         let settlement = (!args.no_settle).then(|| {
             let mut stop = stop_rx.clone();
+            let failed = Arc::clone(&settlement_failed);
             eprintln!(
                 "flashcart: settling the partition streams into the ledger ({})",
                 args.settle.data_dir.display()
             );
-            tokio::spawn(flashcart_settlement::run(args.settle, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            }))
+            tokio::spawn(async move {
+                let settled = flashcart_settlement::run(args.settle, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+                if let Err(e) = &settled {
+                    eprintln!("flashcart: settlement stopped: {e:#}; stopping the node");
+                    failed.notify_one();
+                }
+                settled
+            })
         });
         eprintln!(
             "flashcart: serving {} on http://{}",
@@ -209,7 +223,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             args.listen
         );
         let served = flashcart_host::run(app, listener, async move {
-            crate::shutdown::signal().await;
+            tokio::select! {
+                () = crate::shutdown::signal() => {}
+                () = settlement_failed.notified() => {}
+            }
             let _ = stop_tx.send(true);
         })
         .await;

@@ -209,3 +209,56 @@ fn build_runs_each_components_command() {
         "{stderr}"
     );
 }
+
+#[test]
+fn up_stops_with_settlements_error_when_settlement_cannot_run() {
+    // A cluster list whose only node is not there: settlement cannot start, and a node that
+    // served on without it would pile up unsettled events. `up` stops and says why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("spin.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"cli\"\n\
+             [[trigger.http]]\nroute = \"/...\"\ncomponent = \"hello\"\n\
+             [component.hello]\nsource = \"{}\"\n",
+            hello_wasm().display()
+        ),
+    )
+    .expect("write manifest");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashcart"))
+        .args(["up", "--from"])
+        .arg(&manifest)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port()), "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .args(["--redis-cluster", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flashcart");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("flashcart up kept running without its settlement");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(!exit.success(), "exit {exit:?}; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("settlement stopped"),
+        "the cause is not named:\n{stderr}"
+    );
+}
