@@ -229,7 +229,11 @@ fn up_stops_with_settlements_error_when_settlement_cannot_run() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flashcart"))
         .args(["up", "--from"])
         .arg(&manifest)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port()), "--cache-dir"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--cache-dir",
+        ])
         .arg(dir.path().join("cache"))
         .args(["--redis-cluster", &format!("127.0.0.1:{}", free_port())])
         .arg("--data-dir")

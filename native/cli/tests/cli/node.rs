@@ -138,7 +138,13 @@ pub(crate) fn load_sku(address: SocketAddr, sku: &str, stock: u64) {
         now + 3_600_000
     );
     assert_eq!(
-        send(address, "PUT", &format!("/v1/admin/skus/{sku}"), "load", &load),
+        send(
+            address,
+            "PUT",
+            &format!("/v1/admin/skus/{sku}"),
+            "load",
+            &load
+        ),
         Answer::Status(201)
     );
 }
@@ -155,9 +161,8 @@ pub(crate) fn deduct_request(sku: &str, id: u64) -> String {
 
 /// The units of `sku` taken so far, after asserting the stock invariant holds.
 pub(crate) fn units_taken(address: SocketAddr, sku: &str, stock: u64) -> u64 {
-    let (status, body) =
-        crate::get_authorized(address, &format!("/v1/admin/skus/{sku}"), ADMIN)
-            .expect("admin state");
+    let (status, body) = crate::get_authorized(address, &format!("/v1/admin/skus/{sku}"), ADMIN)
+        .expect("admin state");
     assert_eq!(status, 200, "{body}");
     let state: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(state["invariant_holds"], true, "{state}");

@@ -80,7 +80,10 @@ async fn duplicate_reordered_and_late_callbacks_pay_each_order_once(env: Env) ->
         assert_eq!(outcome, PaymentOutcome::Paid);
         first_decisions += u32::from(!replayed);
     }
-    assert_eq!(first_decisions, 1, "one delivery decided, the rest replayed");
+    assert_eq!(
+        first_decisions, 1,
+        "one delivery decided, the rest replayed"
+    );
 
     // Reordered: the provider's second event for bo arrives before its first. Whichever comes
     // first pays; the other is a recorded duplicate payment; each replays its own answer.
@@ -109,7 +112,12 @@ async fn duplicate_reordered_and_late_callbacks_pay_each_order_once(env: Env) ->
     let mut consumer = env.consumer(env.config("c1")).await?;
     drain(&mut consumer).await?;
     let ledger = consumer.ledger().clone();
-    let timers = Timers::new(inv.clone(), ledger.clone(), Arc::new(Metrics::default()), 100);
+    let timers = Timers::new(
+        inv.clone(),
+        ledger.clone(),
+        Arc::new(Metrics::default()),
+        100,
+    );
     assert_eq!(timers.fire(Now::At(t + 5_000)).await?.cancelled, 1);
     for (order, event) in [(&cy, "evt-cy"), (&di, "evt-di")] {
         assert_eq!(
