@@ -602,19 +602,34 @@ pub fn function_calls(redis: &Redis) -> u64 {
 pub fn command_calls(redis: &Redis) -> HashMap<String, u64> {
     let mut calls = HashMap::new();
     for server in redis.servers() {
+        let mut conn = server.connection().expect("conn");
+        let replication: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut conn)
+            .expect("info replication");
+        // A replica executes what its master sends it (the effects of writes, and a PING every
+        // few seconds): only masters count what the edge asked.
+        if replication.lines().any(|l| l.trim() == "role:slave") {
+            continue;
+        }
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
-            .query(&mut server.connection().expect("conn"))
+            .query(&mut conn)
             .expect("info");
-        for (name, n) in info.lines().filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let n: u64 = rest
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), n))
-        }) {
+        for (name, n) in info
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let n: u64 = rest
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("calls="))?
+                    .parse()
+                    .ok()?;
+                Some((name.to_owned(), n))
+            })
+            // A replica's acknowledgements of its replication offset, once a second.
+            .filter(|(name, _)| name != "replconf")
+        {
             *calls.entry(name).or_default() += n;
         }
     }

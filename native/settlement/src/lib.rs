@@ -328,7 +328,8 @@ fn describe(target: &flashcart_inventory::Target) -> String {
 /// in hand (applied and acknowledged) and returns.
 ///
 /// # Errors
-/// When the ledger or Redis cannot be opened at start. Failures while running are logged and
+/// When the ledger cannot be opened, or Redis cannot be reached (or its consumer groups
+/// created) within [`START_PATIENCE`] of the start. Failures while running are logged and
 /// retried with backoff; they do not end the service.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     run_with(config, None, shutdown).await
@@ -348,33 +349,72 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::default());
     let mut consumer_config = config.consumer_config();
     consumer_config.after_commit = after_commit;
-    match config.connect_redis().await? {
-        flashcart_inventory::RedisConn::Single(redis) => {
-            let consumer = Consumer::new(
-                redis,
-                ledger.clone(),
-                schema,
-                consumer_config,
-                metrics.clone(),
-            )
-            .await
-            .context("creating the consumer group")?;
-            serve(&config, consumer, ledger, metrics, shutdown).await
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Redis may not be ready yet (a cluster still electing, a server restarting): the
+    // start-up steps are retried for a while, so a blip does not end the service; an address
+    // that never answers still ends it with the error, naming it.
+    let started = Instant::now();
+    let mut pause = START_RETRY_FIRST;
+    loop {
+        let failed = match config.connect_redis().await {
+            Ok(flashcart_inventory::RedisConn::Single(redis)) => {
+                match Consumer::new(
+                    redis,
+                    ledger.clone(),
+                    schema,
+                    consumer_config.clone(),
+                    metrics.clone(),
+                )
+                .await
+                .context("creating the consumer group")
+                {
+                    Ok(consumer) => {
+                        return serve(&config, consumer, ledger, metrics, shutdown).await;
+                    }
+                    Err(e) => e,
+                }
+            }
+            Ok(flashcart_inventory::RedisConn::Cluster(redis)) => {
+                match Consumer::new(
+                    redis,
+                    ledger.clone(),
+                    schema,
+                    consumer_config.clone(),
+                    metrics.clone(),
+                )
+                .await
+                .context("creating the consumer group")
+                {
+                    Ok(consumer) => {
+                        return serve(&config, consumer, ledger, metrics, shutdown).await;
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if started.elapsed() >= START_PATIENCE {
+            return Err(failed.context(format!(
+                "settlement could not start within {START_PATIENCE:?}"
+            )));
         }
-        flashcart_inventory::RedisConn::Cluster(redis) => {
-            let consumer = Consumer::new(
-                redis,
-                ledger.clone(),
-                schema,
-                consumer_config,
-                metrics.clone(),
-            )
-            .await
-            .context("creating the consumer group")?;
-            serve(&config, consumer, ledger, metrics, shutdown).await
+        tracing::warn!(
+            error = format!("{failed:#}"),
+            "settlement cannot start yet; retrying"
+        );
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
         }
+        pause = (pause * 2).min(START_RETRY_MAX);
     }
 }
+
+/// How long settlement retries its start-up steps (connecting, creating the consumer groups)
+/// before it gives up with the last error.
+pub const START_PATIENCE: Duration = Duration::from_secs(30);
+const START_RETRY_FIRST: Duration = Duration::from_millis(100);
+const START_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The service loop over a ready consumer.
 async fn serve<C: redis::aio::ConnectionLike + Send>(
