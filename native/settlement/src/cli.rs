@@ -101,10 +101,8 @@ pub enum DlqCommand {
 /// # Errors
 /// When Redis fails, or `retry` names no dead letter.
 pub async fn dlq(args: &DlqArgs) -> anyhow::Result<String> {
-    let out = match args.config.connect_redis().await? {
-        flashcart_inventory::RedisConn::Single(mut conn) => dlq_on(&mut conn, args).await?,
-        flashcart_inventory::RedisConn::Cluster(mut conn) => dlq_on(&mut conn, args).await?,
-    };
+    let mut conn = args.config.connect_redis().await?;
+    let out = dlq_on(&mut conn, args).await?;
     print!("{out}");
     Ok(out)
 }

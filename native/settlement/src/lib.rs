@@ -350,47 +350,15 @@ pub async fn run_with(
     let mut consumer_config = config.consumer_config();
     consumer_config.after_commit = after_commit;
     let mut shutdown = std::pin::pin!(shutdown);
-    // Redis may not be ready yet (a cluster still electing, a server restarting): the
-    // start-up steps are retried for a while, so a blip does not end the service; an address
-    // that never answers still ends it with the error, naming it.
+    // Redis may not be ready yet, or may fail over while settlement starts (a cluster still
+    // electing, a server restarting): the start-up steps are retried for a while, so a blip
+    // does not end the service; an address that never answers still ends it with the error,
+    // naming it.
     let started = Instant::now();
     let mut pause = START_RETRY_FIRST;
-    loop {
-        let failed = match config.connect_redis().await {
-            Ok(flashcart_inventory::RedisConn::Single(redis)) => {
-                match Consumer::new(
-                    redis,
-                    ledger.clone(),
-                    schema,
-                    consumer_config.clone(),
-                    metrics.clone(),
-                )
-                .await
-                .context("creating the consumer group")
-                {
-                    Ok(consumer) => {
-                        return serve(&config, consumer, ledger, metrics, shutdown).await;
-                    }
-                    Err(e) => e,
-                }
-            }
-            Ok(flashcart_inventory::RedisConn::Cluster(redis)) => {
-                match Consumer::new(
-                    redis,
-                    ledger.clone(),
-                    schema,
-                    consumer_config.clone(),
-                    metrics.clone(),
-                )
-                .await
-                .context("creating the consumer group")
-                {
-                    Ok(consumer) => {
-                        return serve(&config, consumer, ledger, metrics, shutdown).await;
-                    }
-                    Err(e) => e,
-                }
-            }
+    let ready = loop {
+        let failed = match start(&config, &ledger, schema, &consumer_config, &metrics).await {
+            Ok(ready) => break ready,
             Err(e) => e,
         };
         if started.elapsed() >= START_PATIENCE {
@@ -407,24 +375,41 @@ pub async fn run_with(
             () = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(START_RETRY_MAX);
-    }
+    };
+    serve(&config, ready, ledger, metrics, shutdown).await
 }
 
-/// How long settlement retries its start-up steps (connecting, creating the consumer groups)
-/// before it gives up with the last error.
+/// How long settlement retries its start-up steps (connecting, creating the consumer groups,
+/// guarding the partitions) before it gives up with the last error.
 pub const START_PATIENCE: Duration = Duration::from_secs(30);
 const START_RETRY_FIRST: Duration = Duration::from_millis(100);
 const START_RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// The service loop over a ready consumer.
-async fn serve<C: redis::aio::ConnectionLike + Send>(
+/// What the service loop runs on, once every start-up step has succeeded.
+struct Ready {
+    consumer: Consumer<flashcart_inventory::RedisConn>,
+    inventory: flashcart_inventory::NativeInventory,
+    recovery: recovery::Recovery,
+}
+
+/// The start-up steps, in order; each is safe to run again after a failure.
+async fn start(
     config: &Config,
-    mut consumer: Consumer<C>,
-    ledger: Ledger,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let name = consumer.name().to_owned();
+    ledger: &Ledger,
+    schema: KeySchema,
+    consumer_config: &ConsumerConfig,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Ready> {
+    let redis = config.connect_redis().await?;
+    let consumer = Consumer::new(
+        redis,
+        ledger.clone(),
+        schema,
+        consumer_config.clone(),
+        metrics.clone(),
+    )
+    .await
+    .context("creating the consumer groups")?;
     let inventory = config.open_inventory().await?;
     let recovery = recovery::Recovery::new(
         inventory.clone(),
@@ -438,6 +423,27 @@ async fn serve<C: redis::aio::ConnectionLike + Send>(
     if guarded > 0 {
         tracing::info!(partitions = guarded, "ledger guards set");
     }
+    Ok(Ready {
+        consumer,
+        inventory,
+        recovery,
+    })
+}
+
+/// The service loop over a ready consumer.
+async fn serve(
+    config: &Config,
+    ready: Ready,
+    ledger: Ledger,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Ready {
+        mut consumer,
+        inventory,
+        recovery,
+    } = ready;
+    let name = consumer.name().to_owned();
     let timers = if config.no_timers {
         None
     } else {

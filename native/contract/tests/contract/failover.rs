@@ -248,6 +248,12 @@ struct Failover {
 /// Sells with `durability`, kills the master of 5 or 6 partitions once `BEFORE_KILL` units are
 /// reserved, and sells on; checks nothing is oversold, the invariant, and reconciliation.
 async fn a_master_killed_mid_sale(durability: &str) -> Failover {
+    // Settlement runs in this process: its warnings (fenced partitions, failed recovery
+    // passes) are what explains a failover that does not recover; shown when a test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,flashcart_settlement=info")
+        .with_test_writer()
+        .try_init();
     // One failover at a time: each measures how long its cluster takes to recover, and two
     // clusters electing at once on a 2-core machine would measure each other.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

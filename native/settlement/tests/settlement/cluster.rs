@@ -248,25 +248,31 @@ async fn a_bad_cluster_list_is_a_start_up_error_naming_it() -> Result<()> {
         },
     ));
     // Started: it guarded every partition (through the live node's cluster).
+    wait_guarded(&cluster, &running).await?;
+    let _ = stop.send(());
+    running.await??;
+    Ok(())
+}
+
+/// Waits until every partition's guard exists on the master serving it, failing if
+/// settlement (`running`) stops first.
+async fn wait_guarded(
+    cluster: &RedisCluster,
+    running: &tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let schema = KeySchema::default();
-    let mut conn = cluster.nodes()[1].connection()?;
     loop {
         let mut guarded = 0;
         for p in schema.partitions() {
-            let owner = cluster.owner_of(
-                redis::cmd("CLUSTER")
-                    .arg("KEYSLOT")
-                    .arg(schema.guard(p))
-                    .query::<u16>(&mut conn)?,
-            )?;
+            let master = cluster.nodes()[master_of(cluster, &schema.guard(p))?].connection();
             let exists: bool = redis::cmd("EXISTS")
                 .arg(schema.guard(p))
-                .query(&mut cluster.nodes()[owner].connection()?)?;
+                .query(&mut master?)?;
             guarded += usize::from(exists);
         }
         if guarded == usize::from(schema.partition_count()) {
-            break;
+            return Ok(());
         }
         assert!(!running.is_finished(), "settlement stopped: {running:?}");
         assert!(
@@ -275,7 +281,109 @@ async fn a_bad_cluster_list_is_a_start_up_error_naming_it() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The index of the node serving `key`'s slot now.
+fn master_of(cluster: &RedisCluster, key: &str) -> Result<usize> {
+    let live = cluster
+        .masters()?
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no master"))?;
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(&mut cluster.nodes()[live].connection()?)?;
+    cluster.owner_of(slot)
+}
+
+/// A master dies just as settlement starts, so its first commands meet the election: it keeps
+/// retrying its start-up (consumer groups, guards) instead of ending, runs once the replica is
+/// promoted, and lifts the promoted partitions' fences by itself — no one restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_started_into_a_failover_runs_once_a_replica_is_promoted() -> Result<()> {
+    let mut cluster = RedisCluster::start_with_replicas(3, 1, Duration::from_secs(5))?;
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port()))
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let config = || {
+        let ledger = dir.path().join("ledger.sqlite").display().to_string();
+        let mut config = flashcart_settlement::Config::new("redis://cluster.invalid:6379", &ledger);
+        config.redis_cluster = nodes.clone();
+        config.data_dir = dir.path().to_owned();
+        config
+    };
+    let start = |config: flashcart_settlement::Config| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(flashcart_settlement::run(config, async {
+            let _ = stopped.await;
+        }));
+        (stop, running)
+    };
+    // A first run guards every partition, so the replica's partitions start fenced when it
+    // is promoted.
+    let (stop, running) = start(config());
+    wait_guarded(&cluster, &running).await?;
     let _ = stop.send(());
     running.await??;
+    // The test kit's order: node 0 is a master, node 3 its replica.
+    let schema = KeySchema::default();
+    let mut doomed = Vec::new();
+    for p in schema.partitions() {
+        if master_of(&cluster, &schema.guard(p))? == 0 {
+            doomed.push(p);
+        }
+    }
+    assert!(!doomed.is_empty(), "master 0 serves some partitions");
+
+    cluster.kill(0)?;
+    let (stop, running) = start(config());
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_promoted(3, Duration::from_secs(90))?;
+        anyhow::Ok(cluster)
+    })
+    .await??;
+    let live: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 0)
+        .map(|(_, n)| n.clone())
+        .collect();
+    let patient = Timeouts {
+        response: Duration::from_secs(60),
+        connection: Duration::from_secs(20),
+    };
+    let inv = flashcart_inventory::open_with(
+        &Target::Cluster(live),
+        schema,
+        Settings::default(),
+        patient,
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut fenced = Vec::new();
+        for p in &doomed {
+            // A read may still meet the election's last moments: ask again.
+            if inv.is_fenced(*p).await.unwrap_or(true) {
+                fenced.push(*p);
+            }
+        }
+        if fenced.is_empty() {
+            break;
+        }
+        assert!(!running.is_finished(), "settlement stopped: {running:?}");
+        assert!(
+            Instant::now() < deadline,
+            "partitions {fenced:?} still fenced 90 s after the promotion"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    running.await??;
+    drop(cluster);
     Ok(())
 }
