@@ -291,7 +291,10 @@ pub async fn reconcile(
                 Some(s) => ledger_name(&kind, s) == state,
                 // Released reservations' records expire in Redis after a while; a terminal
                 // state in the ledger with no record in Redis is expected.
-                None => kind == "reservation" && state != "held",
+                None => {
+                    kind == "reservation"
+                        && state != reservation_state_name(ReservationState::Active)
+                }
             };
             if !agrees {
                 report.record_drift.push(RecordDrift {
