@@ -248,6 +248,16 @@ impl KeySchema {
         format!("{}:ledger", p.tag())
     }
 
+    /// The field of a reservation or order record (a hash) that holds its state.
+    pub const STATE_FIELD: &str = "state";
+
+    /// The fields of a partition's SKU hash ([`Self::sku`]) that hold segment `segment`'s
+    /// levels, as the function library writes them: available, reserved, ordered, sold
+    /// (`a<seg>`, `r<seg>`, `o<seg>`, `s<seg>`; the initial stock is `i<seg>`).
+    pub fn segment_level_fields(segment: u16) -> [String; 4] {
+        ["a", "r", "o", "s"].map(|level| format!("{level}{segment}"))
+    }
+
     /// A buyer's token bucket for deducts (in the buyer's home partition, beside the records
     /// a reserve starts with, so the bucket costs no call of its own).
     pub fn buyer_bucket(&self, buyer: &BuyerId) -> String {

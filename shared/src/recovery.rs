@@ -65,6 +65,15 @@ pub enum ReservationState {
 }
 
 impl ReservationState {
+    /// Every state.
+    pub const ALL: [ReservationState; 4] =
+        [Self::Active, Self::Ordered, Self::Expired, Self::Cancelled];
+
+    /// Parses the library's name.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+
     /// The library's name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use flashcart_core::KeySchema;
+use flashcart_core::event::{Body, Event};
 use flashcart_settlement::{Consumer, ConsumerConfig, Ledger, Metrics, Step};
 use flashcart_testkit::RedisServer;
 use flashcart_testkit::postgres::PostgresServer;
@@ -45,49 +46,48 @@ struct Args {
 
 const SKU: &str = "bench";
 
+/// The three events of buyer `k` (reservation, order, payment), through the core's type.
 fn fields_for(k: u64, schema: &KeySchema) -> [Vec<(&'static str, String)>; 3] {
     let p = u64::from(schema.partition_count());
     let part = k % p;
+    let seg = i64::try_from(part).unwrap_or(0);
     let token = format!("{:016x}", k);
     let rsv = format!("rsv_{part:02}_{token}_{SKU}");
     let ord = format!("ord_{part:02}_{token}_{SKU}");
-    let at = (1_800_000_000_000 + k).to_string();
-    let common = |t: &'static str| {
-        vec![
-            ("type", t.to_owned()),
-            ("at", at.clone()),
-            ("sku", SKU.to_owned()),
-        ]
+    let at = 1_800_000_000_000 + i64::try_from(k).unwrap_or(0);
+    let event = |body| Event {
+        at,
+        sku: SKU.to_owned(),
+        body,
     };
-    let mut created = common("reservation.created");
-    created.extend([
-        ("rsv", rsv.clone()),
-        ("seg", part.to_string()),
-        ("qty", "1".into()),
-        ("buyer", format!("b{k}")),
-        ("expires", "1900000000000".into()),
-    ]);
-    let mut order = common("order.created");
-    order.extend([
-        ("ord", ord.clone()),
-        ("rsv", rsv),
-        ("seg", part.to_string()),
-        ("qty", "1".into()),
-        ("buyer", format!("b{k}")),
-        ("amount", "2500".into()),
-        ("currency", "EUR".into()),
-        ("deadline", "1900000000000".into()),
-    ]);
-    let mut paid = common("order.paid");
-    paid.extend([
-        ("ord", ord),
-        ("seg", part.to_string()),
-        ("qty", "1".into()),
-        ("psp_event", format!("ev{k}")),
-        ("amount", "2500".into()),
-        ("currency", "EUR".into()),
-    ]);
-    [created, order, paid]
+    [
+        Body::ReservationCreated {
+            rsv: rsv.clone(),
+            seg,
+            qty: 1,
+            buyer: format!("b{k}"),
+            expires: 1_900_000_000_000,
+        },
+        Body::OrderCreated {
+            ord: ord.clone(),
+            rsv,
+            seg,
+            qty: 1,
+            buyer: format!("b{k}"),
+            amount: 2500,
+            currency: "EUR".into(),
+            deadline: 1_900_000_000_000,
+        },
+        Body::OrderPaid {
+            ord,
+            seg,
+            qty: 1,
+            psp_event: format!("ev{k}"),
+            amount: 2500,
+            currency: "EUR".into(),
+        },
+    ]
+    .map(|body| event(body).fields())
 }
 
 async fn load(conn: &mut ConnectionManager, schema: &KeySchema, buyers: u64) -> Result<()> {
@@ -95,21 +95,26 @@ async fn load(conn: &mut ConnectionManager, schema: &KeySchema, buyers: u64) -> 
         redis::cmd("XADD")
             .arg(schema.events(p))
             .arg("*")
-            .arg(&[
-                ("type", "sku.loaded".to_owned()),
-                ("at", "1800000000000".into()),
-                ("sku", SKU.into()),
-                ("stock", "100000000".into()),
-                ("segs", "16".into()),
-                ("segments", format!("{}:{}", p.index(), 100_000_000 / 16)),
-                ("price", "2500".into()),
-                ("currency", "EUR".into()),
-                ("start", "0".into()),
-                ("end", "1900000000000".into()),
-                ("limit", "0".into()),
-                ("ttl", "600000".into()),
-                ("paywin", "900000".into()),
-            ])
+            .arg(
+                Event {
+                    at: 1_800_000_000_000,
+                    sku: SKU.into(),
+                    body: Body::SkuLoaded {
+                        stock: 100_000_000,
+                        segs: 16,
+                        segments: vec![(i64::from(p.index()), 100_000_000 / 16)],
+                        price: 2500,
+                        currency: "EUR".into(),
+                        start: 0,
+                        end: 1_900_000_000_000,
+                        limit: 0,
+                        ttl: 600_000,
+                        paywin: 900_000,
+                        fp: None,
+                    },
+                }
+                .fields(),
+            )
             .query_async::<String>(conn)
             .await?;
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use flashcart_core::keys::{KeySchema, Partition};
 use redis::aio::ConnectionLike;
 
-use crate::event::{Entry, EntryId, Event};
+use crate::entry::{Entry, EntryId};
 use crate::ledger::{Applicable, Ledger, LedgerError};
 use crate::metrics::{Metrics, PartitionGauges, now_ms};
 use crate::reply;
@@ -348,7 +348,7 @@ impl<C: ConnectionLike + Send> Consumer<C> {
         let mut ok: Vec<Entry> = Vec::new();
         let mut events: Vec<Applicable> = Vec::new();
         for entry in entries {
-            match Event::parse(&entry.fields) {
+            match entry.event() {
                 Ok(event) => {
                     events.push(Applicable {
                         partition: entry.partition,
@@ -655,8 +655,8 @@ impl<C: ConnectionLike + Send> Consumer<C> {
     }
 }
 
-impl From<crate::event::EventError> for Error {
-    fn from(e: crate::event::EventError) -> Self {
+impl From<crate::entry::EntryIdError> for Error {
+    fn from(e: crate::entry::EntryIdError) -> Self {
         Error::Reply(reply::ReplyError {
             command: "stream id",
             detail: e.to_string(),

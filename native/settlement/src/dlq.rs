@@ -12,7 +12,7 @@ use flashcart_core::keys::{KeySchema, Partition};
 use redis::aio::ConnectionLike;
 
 use crate::consumer::dead_letter_key;
-use crate::event::{EntryId, ORIGIN_FIELD};
+use crate::entry::{EntryId, ORIGIN_FIELD};
 use crate::reply;
 use crate::{Error, Result};
 

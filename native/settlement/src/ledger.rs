@@ -9,6 +9,11 @@
 //! Every entity write then carries its own unique key or state guard, so an anomaly that slips
 //! past that (the same reservation created by two different events) fails loudly instead of
 //! counting twice.
+//!
+//! Events are applied one way: `store::read` reads the rows they touch, `fold::fold` folds the
+//! events over them in memory (pure: every rule, the order transitions being the core's
+//! `OrderState::next`), `store::write` writes the result with a few multi-row statements. The
+//! per-event fallback is the same path, one event at a time (see [`Ledger::apply`]).
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -18,13 +23,22 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
 
-mod bulk;
+mod fold;
 mod image;
+mod rows;
+mod store;
 
-pub use image::{OrderRow, PaymentRow, ReservationRow, SkuRow};
+pub use image::{PaidOrder, PaymentRow, SkuRow};
+pub use rows::{
+    OrderRow, ReservationRow, parse_payment_outcome, parse_reservation_state, payment_outcome_name,
+    reservation_state_name,
+};
 
-use crate::event::{Body, EntryId, Event};
+use crate::entry::EntryId;
+use flashcart_core::event::{Event, EventError};
 use flashcart_core::keys::Partition;
+use flashcart_core::order::OrderState;
+use flashcart_core::recovery::ReservationState;
 
 /// Which database the ledger lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +55,7 @@ pub enum Backend {
 pub enum EventFailure {
     /// The entry does not parse as an event.
     #[error(transparent)]
-    Malformed(#[from] crate::event::EventError),
+    Malformed(#[from] EventError),
     /// It refers to a reservation or order the ledger does not have (yet: an earlier event may
     /// still be in another consumer's hands, so this is retried).
     #[error("{what} {id} is not in the ledger")]
@@ -106,7 +120,7 @@ type Result<T, E = LedgerError> = std::result::Result<T, E>;
 pub struct Applicable {
     /// The partition whose stream carried it.
     pub partition: Partition,
-    /// Its identity (see [`crate::event::Entry::identity`]).
+    /// Its identity (see [`crate::entry::Entry::identity`]).
     pub identity: EntryId,
     /// The event.
     pub event: Event,
@@ -328,6 +342,11 @@ impl Ledger {
 
     /// Applies `events` in one transaction; events applied before are skipped.
     ///
+    /// The events are folded over the rows they touch and written with a few multi-row
+    /// statements. If the database refuses the batch for a constraint only it checks (a
+    /// payment id seen before), the batch is applied again one event at a time — each a batch
+    /// of one through the same read, fold and write — which names the event it refuses.
+    ///
     /// # Errors
     /// [`LedgerError::Event`] names the first event that cannot be applied (nothing was
     /// committed); [`LedgerError::Storage`] when the database failed.
@@ -335,34 +354,32 @@ impl Ledger {
         if events.is_empty() {
             return Ok(Applied::default());
         }
-        // Fast path: the whole batch folded and written with a few multi-row statements.
         let mut tx = self.pool.begin().await?;
         let fresh = claim(&mut tx, self.backend, events).await?;
         let applied = Applied {
             new: fresh.len(),
             duplicates: events.len() - fresh.len(),
         };
-        match bulk::apply(&mut tx, self.backend, events, &fresh).await {
-            bulk::Bulk::Done => {
+        match apply_batch(&mut tx, self.backend, events, &fresh).await {
+            Ok(()) => {
                 tx.commit().await?;
                 return Ok(applied);
             }
-            bulk::Bulk::Event { index, failure } => {
+            Err(Failed::Event { index, failure }) => {
                 return Err(LedgerError::Event { index, failure });
             }
-            bulk::Bulk::Db(e) if is_transient(&e) => return Err(LedgerError::Storage(e)),
-            // A constraint only the database checks (e.g. a payment id seen before): find
-            // the event that breaks it, one statement at a time.
-            bulk::Bulk::Db(e) => {
-                tracing::debug!(error = %e, "bulk apply refused; applying event by event")
+            Err(Failed::Db(e)) if is_transient(&e) => return Err(LedgerError::Storage(e)),
+            Err(Failed::Db(e)) => {
+                tracing::debug!(error = %e, "batch refused; applying event by event")
             }
         }
+        // PostgreSQL refuses every statement after an error: start again.
         drop(tx);
         self.apply_each(events).await
     }
 
-    /// The per-event path: the same effects, one statement at a time, naming the first event
-    /// the database refuses.
+    /// The fallback: the same batch, each event a batch of its own, in a new transaction;
+    /// the first event the database refuses is named.
     async fn apply_each(&self, events: &[Applicable]) -> Result<Applied> {
         let mut tx = self.pool.begin().await?;
         let fresh = claim(&mut tx, self.backend, events).await?;
@@ -371,10 +388,16 @@ impl Ledger {
             duplicates: events.len() - fresh.len(),
         };
         for index in fresh {
-            match apply_one(&mut tx, &events[index]).await {
+            match apply_batch(&mut tx, self.backend, events, &[index]).await {
                 Ok(()) => {}
-                Err(Failure::Storage(err)) => return Err(LedgerError::Storage(err)),
-                Err(Failure::Event(failure)) => return Err(LedgerError::Event { index, failure }),
+                Err(Failed::Event { index, failure }) => {
+                    return Err(LedgerError::Event { index, failure });
+                }
+                Err(Failed::Db(e)) if is_transient(&e) => return Err(LedgerError::Storage(e)),
+                Err(Failed::Db(e)) => {
+                    let failure = EventFailure::Refused(e);
+                    return Err(LedgerError::Event { index, failure });
+                }
             }
         }
         tx.commit().await?;
@@ -389,13 +412,16 @@ impl Ledger {
         let rows = sqlx::query(
             "SELECT s.segment, s.initial,
                 CAST(COALESCE((SELECT SUM(r.qty) FROM reservations r
-                    WHERE r.sku = s.sku AND r.segment = s.segment AND r.state = 'held'), 0) AS BIGINT),
+                    WHERE r.sku = s.sku AND r.segment = s.segment AND r.state = $1), 0) AS BIGINT),
                 CAST(COALESCE((SELECT SUM(o.qty) FROM orders o
-                    WHERE o.sku = s.sku AND o.segment = s.segment AND o.state = 'pending_payment'), 0) AS BIGINT),
+                    WHERE o.sku = s.sku AND o.segment = s.segment AND o.state = $2), 0) AS BIGINT),
                 CAST(COALESCE((SELECT SUM(o.sold_qty) FROM orders o
                     WHERE o.sku = s.sku AND o.segment = s.segment), 0) AS BIGINT)
-             FROM sku_segments s WHERE s.sku = $1 ORDER BY s.segment",
+             FROM sku_segments s WHERE s.sku = $3 ORDER BY s.segment",
         )
+        // Reserved: live reservations; ordered: orders that still hold their units.
+        .bind(reservation_state_name(ReservationState::Active))
+        .bind(OrderState::PendingPayment.as_str())
         .bind(sku)
         .fetch_all(&self.pool)
         .await?;
@@ -648,7 +674,7 @@ async fn claim(
                 .bind(i64::from(e.partition.index()))
                 .bind(e.identity.ms_sql())
                 .bind(e.identity.seq_sql())
-                .bind(e.event.body.type_name())
+                .bind(e.event.body.kind().as_str())
                 .bind(e.event.sku.as_str())
                 .bind(e.event.at);
         }
@@ -683,406 +709,46 @@ fn sqlite_url(path: &str) -> String {
     format!("sqlite://{path}{sep}mode=rwc")
 }
 
-/// How applying one event failed, before it becomes a [`LedgerError`].
-enum Failure {
-    Storage(sqlx::Error),
-    Event(EventFailure),
+/// Why [`apply_batch`] applied nothing.
+enum Failed {
+    /// Event `index` breaks a rule: nothing was written.
+    Event { index: usize, failure: EventFailure },
+    /// The database failed or refused: the caller decides (retry, or one event at a time).
+    Db(sqlx::Error),
 }
 
-impl From<sqlx::Error> for Failure {
-    fn from(err: sqlx::Error) -> Self {
-        if is_transient(&err) {
-            Self::Storage(err)
-        } else {
-            Self::Event(EventFailure::Refused(err))
-        }
-    }
-}
-
-impl From<EventFailure> for Failure {
-    fn from(f: EventFailure) -> Self {
-        Self::Event(f)
+impl From<sqlx::Error> for Failed {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e)
     }
 }
 
 type Tx<'a> = Transaction<'a, Any>;
 
-/// Moves an order from one of `from` to `to`; tells a missing order from an illegal move.
-async fn transition(
+/// The one way events are applied: read the rows the events at `fresh` (claimed by this
+/// transaction) touch, fold the events over them, write the result.
+async fn apply_batch(
     tx: &mut Tx<'_>,
-    e: &Applicable,
-    ord: &str,
-    from: &[&str],
-    to: &str,
-    sold_qty: Option<i64>,
-    detail: &str,
-) -> Result<(), Failure> {
-    let event = e.event.body.type_name();
-    let current: Option<String> = sqlx::query("SELECT state FROM orders WHERE ord = $1")
-        .bind(ord)
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
-    let Some(current) = current else {
-        return Err(EventFailure::Missing {
-            what: "order",
-            id: ord.to_owned(),
-        }
-        .into());
-    };
-    if !from.contains(&current.as_str()) {
-        return Err(EventFailure::IllegalTransition {
-            event,
-            what: "order",
-            id: ord.to_owned(),
-            state: current,
-        }
-        .into());
-    }
-    // The state guard makes a concurrent writer of the same order lose cleanly (0 rows).
-    let done = sqlx::query(
-        "UPDATE orders SET state = $1, sold_qty = COALESCE($2, sold_qty), updated_at = $3
-         WHERE ord = $4 AND state = $5",
-    )
-    .bind(to)
-    .bind(sold_qty)
-    .bind(e.event.at)
-    .bind(ord)
-    .bind(current.as_str())
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() != 1 {
-        return Err(EventFailure::IllegalTransition {
-            event,
-            what: "order",
-            id: ord.to_owned(),
-            state: current,
-        }
-        .into());
-    }
-    order_event(tx, e, ord, Some(&current), to, detail).await
-}
-
-async fn order_event(
-    tx: &mut Tx<'_>,
-    e: &Applicable,
-    ord: &str,
-    from: Option<&str>,
-    to: &str,
-    detail: &str,
-) -> Result<(), Failure> {
-    sqlx::query(
-        "INSERT INTO order_events (part, entry_ms, entry_seq, ord, type, from_state, to_state, at, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(i64::from(e.partition.index()))
-    .bind(e.identity.ms_sql())
-    .bind(e.identity.seq_sql())
-    .bind(ord)
-    .bind(e.event.body.type_name())
-    .bind(from)
-    .bind(to)
-    .bind(e.event.at)
-    .bind(detail)
-    .execute(&mut **tx)
-    .await?;
+    backend: Backend,
+    events: &[Applicable],
+    fresh: &[usize],
+) -> Result<(), Failed> {
+    let rows = store::read(tx, backend, events, fresh).await?;
+    let folded = fold::fold(rows, events, fresh)
+        .map_err(|(index, failure)| Failed::Event { index, failure })?;
+    store::write(tx, backend, events, &folded).await?;
     Ok(())
-}
-
-async fn payment(
-    tx: &mut Tx<'_>,
-    e: &Applicable,
-    psp_event: &str,
-    ord: &str,
-    amount: i64,
-    currency: &str,
-    outcome: &str,
-) -> Result<(), Failure> {
-    sqlx::query(
-        "INSERT INTO payments (psp_event, ord, amount, currency, outcome, at) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(psp_event)
-    .bind(ord)
-    .bind(amount)
-    .bind(currency)
-    .bind(outcome)
-    .bind(e.event.at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn apply_one(tx: &mut Tx<'_>, e: &Applicable) -> Result<(), Failure> {
-    let at = e.event.at;
-    let sku = e.event.sku.as_str();
-    match &e.event.body {
-        Body::SkuLoaded {
-            stock,
-            segs,
-            segments,
-            price,
-            currency,
-            start,
-            end,
-            limit,
-            ttl,
-            paywin,
-            fp,
-        } => {
-            // Every partition sends its own copy of the configuration: the newest load wins.
-            sqlx::query(
-                "INSERT INTO skus (sku, stock, segments, price, currency, starts_at, ends_at, buyer_limit,
-                                   ttl_ms, paywin_ms, loaded_at, fingerprint)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                 ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock, segments = excluded.segments,
-                    price = excluded.price, currency = excluded.currency, starts_at = excluded.starts_at,
-                    ends_at = excluded.ends_at, buyer_limit = excluded.buyer_limit, ttl_ms = excluded.ttl_ms,
-                    paywin_ms = excluded.paywin_ms, loaded_at = excluded.loaded_at,
-                    fingerprint = COALESCE(excluded.fingerprint, skus.fingerprint)
-                 WHERE excluded.loaded_at >= skus.loaded_at",
-            )
-            .bind(sku)
-            .bind(*stock)
-            .bind(*segs)
-            .bind(*price)
-            .bind(currency.as_str())
-            .bind(*start)
-            .bind(*end)
-            .bind(*limit)
-            .bind(*ttl)
-            .bind(*paywin)
-            .bind(at)
-            .bind(fp.as_deref())
-            .execute(&mut **tx)
-            .await?;
-            for (segment, initial) in segments {
-                sqlx::query(
-                    "INSERT INTO sku_segments (sku, segment, part, initial) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (sku, segment) DO UPDATE SET part = excluded.part, initial = excluded.initial",
-                )
-                .bind(sku)
-                .bind(*segment)
-                .bind(i64::from(e.partition.index()))
-                .bind(*initial)
-                .execute(&mut **tx)
-                .await?;
-            }
-        }
-        Body::ReservationCreated {
-            rsv,
-            seg,
-            qty,
-            buyer,
-            expires,
-        } => {
-            sqlx::query(
-                "INSERT INTO reservations (rsv, sku, segment, qty, buyer, expires_at, state, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'held', $7)",
-            )
-            .bind(rsv.as_str())
-            .bind(sku)
-            .bind(*seg)
-            .bind(*qty)
-            .bind(buyer.as_str())
-            .bind(*expires)
-            .bind(at)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Body::ReservationReleased { rsv, reason, .. } => {
-            close_reservation(tx, e, rsv, reason.state()).await?;
-        }
-        Body::OrderCreated {
-            ord,
-            rsv,
-            seg,
-            qty,
-            buyer,
-            amount,
-            currency,
-            deadline,
-        } => {
-            close_reservation(tx, e, rsv, "ordered").await?;
-            sqlx::query(
-                "INSERT INTO orders (ord, rsv, sku, segment, qty, buyer, amount, currency, deadline_at, state,
-                                     created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending_payment', $10, $10)",
-            )
-            .bind(ord.as_str())
-            .bind(rsv.as_str())
-            .bind(sku)
-            .bind(*seg)
-            .bind(*qty)
-            .bind(buyer.as_str())
-            .bind(*amount)
-            .bind(currency.as_str())
-            .bind(*deadline)
-            .bind(at)
-            .execute(&mut **tx)
-            .await?;
-            order_event(tx, e, ord, None, "pending_payment", "").await?;
-        }
-        Body::OrderPaid {
-            ord,
-            qty,
-            psp_event,
-            amount,
-            currency,
-            ..
-        } => {
-            transition(
-                tx,
-                e,
-                ord,
-                &["pending_payment"],
-                "paid",
-                Some(*qty),
-                psp_event,
-            )
-            .await?;
-            payment(tx, e, psp_event, ord, *amount, currency, "captured").await?;
-        }
-        Body::OrderCancelled { ord, reason, .. } => {
-            transition(tx, e, ord, &["pending_payment"], "cancelled", None, reason).await?;
-        }
-        Body::OrderPaidAfterCancel {
-            ord,
-            psp_event,
-            amount,
-            currency,
-            ..
-        } => {
-            transition(
-                tx,
-                e,
-                ord,
-                &["cancelled"],
-                "paid_after_cancel",
-                None,
-                psp_event,
-            )
-            .await?;
-            payment(tx, e, psp_event, ord, *amount, currency, "after_cancel").await?;
-            // The refund settlement owes the buyer; the timers ask the core for it after commit.
-            sqlx::query(
-                "INSERT INTO refunds (ord, psp_event, amount, currency, state, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, 'to_request', $5, $5)",
-            )
-            .bind(ord.as_str())
-            .bind(psp_event.as_str())
-            .bind(*amount)
-            .bind(currency.as_str())
-            .bind(at)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Body::OrderRefundRequested { ord } => {
-            transition(
-                tx,
-                e,
-                ord,
-                &["paid", "paid_after_cancel"],
-                "refund_pending",
-                None,
-                "",
-            )
-            .await?;
-            sqlx::query(
-                "INSERT INTO refunds (ord, state, created_at, updated_at) VALUES ($1, 'requested', $2, $2)
-                 ON CONFLICT (ord) DO UPDATE SET state = 'requested', updated_at = excluded.updated_at",
-            )
-            .bind(ord.as_str())
-            .bind(at)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Body::OrderRefunded { ord } => {
-            transition(tx, e, ord, &["refund_pending"], "refunded", None, "").await?;
-            sqlx::query(
-                "INSERT INTO refunds (ord, state, created_at, updated_at) VALUES ($1, 'refunded', $2, $2)
-                 ON CONFLICT (ord) DO UPDATE SET state = 'refunded', updated_at = excluded.updated_at",
-            )
-            .bind(ord.as_str())
-            .bind(at)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Body::PaymentRejected {
-            ord,
-            psp_event,
-            reason,
-            amount,
-            currency,
-        } => {
-            payment(
-                tx,
-                e,
-                psp_event,
-                ord,
-                *amount,
-                currency,
-                &format!("rejected_{reason}"),
-            )
-            .await?;
-        }
-    }
-    Ok(())
-}
-
-/// Ends a held reservation (`ordered`, `expired` or `cancelled`).
-async fn close_reservation(
-    tx: &mut Tx<'_>,
-    e: &Applicable,
-    rsv: &str,
-    to: &str,
-) -> Result<(), Failure> {
-    let done = sqlx::query(
-        "UPDATE reservations SET state = $1, closed_at = $2 WHERE rsv = $3 AND state = 'held'",
-    )
-    .bind(to)
-    .bind(e.event.at)
-    .bind(rsv)
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() == 1 {
-        return Ok(());
-    }
-    let state: Option<String> = sqlx::query("SELECT state FROM reservations WHERE rsv = $1")
-        .bind(rsv)
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
-    Err(match state {
-        None => EventFailure::Missing {
-            what: "reservation",
-            id: rsv.to_owned(),
-        },
-        Some(state) => EventFailure::IllegalTransition {
-            event: e.event.body.type_name(),
-            what: "reservation",
-            id: rsv.to_owned(),
-            state,
-        },
-    }
-    .into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event as Parsed;
 
     fn ev(p: u16, id: &str, pairs: &[(&str, &str)]) -> Applicable {
-        let fields: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
         Applicable {
             partition: Partition::new(p),
             identity: id.parse().unwrap(),
-            event: Parsed::parse(&fields).unwrap(),
+            event: Event::parse(pairs.iter().copied()).unwrap(),
         }
     }
 

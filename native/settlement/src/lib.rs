@@ -2,7 +2,8 @@
 //! into a durable SQL ledger, exactly once in effect, and runs the compensation timers.
 //!
 //! Parts:
-//! - [`event`]: stream entries and the typed events they carry.
+//! - [`entry`]: stream entries, their ids and identities (the events they carry are the
+//!   core's, [`flashcart_core::event`]).
 //! - [`ledger`]: the SQL ledger (SQLite by default, PostgreSQL for `postgres://` URLs), its
 //!   migrations and the idempotent batch apply.
 //! - [`consumer`]: the consumer group worker — read, apply in one transaction, acknowledge;
@@ -21,7 +22,7 @@
 pub mod cli;
 pub mod consumer;
 pub mod dlq;
-pub mod event;
+pub mod entry;
 pub mod ledger;
 pub mod metrics;
 pub mod reconcile;

@@ -16,18 +16,19 @@
 //! 4. Redis still holds the levels the comparison read (a compare-and-set script, so a decision
 //!    made meanwhile wins and the repair is skipped).
 //!
-//! The repair script writes the core's per-segment hash fields (`a<seg>`, `r<seg>`, `o<seg>`,
-//! `s<seg>` in the partition's SKU hash).
+//! The repair script writes the core's per-segment level fields of the partition's SKU hash,
+//! named by the core's key schema (`KeySchema::segment_level_fields`).
 
 use std::fmt::Write as _;
 
 use flashcart_core::Inventory;
 use flashcart_core::ids::SkuId;
 use flashcart_core::keys::KeySchema;
+use flashcart_core::recovery::ReservationState;
 use flashcart_inventory::RedisConn;
 
 use crate::consumer::dead_letter_key;
-use crate::ledger::{Ledger, SegmentLevels};
+use crate::ledger::{Ledger, SegmentLevels, reservation_state_name};
 use crate::{Error, Result, reply};
 
 /// One segment's levels on one side.
@@ -180,20 +181,25 @@ impl Report {
     }
 }
 
+/// Compare-and-set of four fields of one hash. ARGV: the fields
+/// ([`KeySchema::segment_level_fields`]), the values expected, the values to write.
 const REPAIR: &str = r"
-local seg = ARGV[1]
-local f = { 'a' .. seg, 'r' .. seg, 'o' .. seg, 's' .. seg }
-local v = redis.call('HMGET', KEYS[1], f[1], f[2], f[3], f[4])
+local v = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 for i = 1, 4 do
-  if tonumber(v[i] or '0') ~= tonumber(ARGV[1 + i]) then return 0 end
+  if tonumber(v[i] or '0') ~= tonumber(ARGV[4 + i]) then return 0 end
 end
-redis.call('HSET', KEYS[1], f[1], ARGV[6], f[2], ARGV[7], f[3], ARGV[8], f[4], ARGV[9])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[9], ARGV[2], ARGV[10], ARGV[3], ARGV[11],
+  ARGV[4], ARGV[12])
 return 1
 ";
 
-fn redis_state(state: &str) -> &str {
-    // The core calls a live reservation `active`; the ledger calls it `held`.
-    if state == "active" { "held" } else { state }
+/// A record's state as Redis holds it, in the ledger's words (the core's `active`
+/// reservation is the ledger's `held`).
+fn ledger_name<'a>(kind: &str, state: &'a str) -> &'a str {
+    match ReservationState::parse(state) {
+        Some(s) if kind == "reservation" => reservation_state_name(s),
+        _ => state,
+    }
 }
 
 /// Compares Redis with the ledger for every SKU the ledger knows; with `repair`, rewrites
@@ -278,14 +284,17 @@ pub async fn reconcile(
             };
             let Ok(key) = key else { continue };
             let value = conn
-                .query(redis::cmd("HGET").arg(&key).arg("state"))
+                .query(redis::cmd("HGET").arg(&key).arg(KeySchema::STATE_FIELD))
                 .await?;
             let in_redis = reply::text(&value);
             let agrees = match in_redis.as_deref() {
-                Some(s) => redis_state(s) == state,
+                Some(s) => ledger_name(&kind, s) == state,
                 // Released reservations' records expire in Redis after a while; a terminal
                 // state in the ledger with no record in Redis is expected.
-                None => kind == "reservation" && state != "held",
+                None => {
+                    kind == "reservation"
+                        && state != reservation_state_name(ReservationState::Active)
+                }
             };
             if !agrees {
                 report.record_drift.push(RecordDrift {
@@ -380,7 +389,8 @@ async fn try_repair(
     }
     let key = schema.sku(flashcart_core::Partition::new(partition), sku);
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(REPAIR).arg(1).arg(key).arg(segment);
+    cmd.arg(REPAIR).arg(1).arg(key);
+    cmd.arg(&KeySchema::segment_level_fields(segment)[..]);
     for v in [
         redis.available,
         redis.reserved,

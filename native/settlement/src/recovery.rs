@@ -34,8 +34,11 @@ use flashcart_core::{KeySchema, Partition, Rejection};
 use flashcart_inventory::{NativeInventory, RedisConn};
 
 use crate::consumer::dead_letter_key;
-use crate::event::EntryId;
-use crate::ledger::{Ledger, OrderRow, PaymentRow, ReservationRow, SkuRow};
+use crate::entry::EntryId;
+use crate::ledger::{
+    Ledger, PaidOrder, PaymentRow, ReservationRow, SkuRow, parse_payment_outcome,
+    parse_reservation_state,
+};
 use crate::metrics::{Metrics, now_ms};
 use crate::{Error, Result, reply};
 
@@ -427,7 +430,7 @@ impl Writes {
 pub struct Image {
     skus: Vec<SkuRow>,
     reservations: Vec<ReservationRow>,
-    orders: Vec<OrderRow>,
+    orders: Vec<PaidOrder>,
     payments: Vec<PaymentRow>,
     purchases: Vec<(String, String, i64)>,
 }
@@ -515,13 +518,7 @@ fn guessed_fingerprint(sku: &SkuId, t: &SkuTerms, schema: &KeySchema) -> Option<
 }
 
 fn reservation_image(row: &ReservationRow, now: u64, keep_ms: u64) -> Option<ReservationImage> {
-    let state = match row.state.as_str() {
-        "held" => ReservationState::Active,
-        "ordered" => ReservationState::Ordered,
-        "expired" => ReservationState::Expired,
-        "cancelled" => ReservationState::Cancelled,
-        _ => return None,
-    };
+    let state = parse_reservation_state(&row.state)?;
     let keep = match state {
         ReservationState::Active | ReservationState::Ordered => None,
         ReservationState::Expired | ReservationState::Cancelled => {
@@ -540,7 +537,7 @@ fn reservation_image(row: &ReservationRow, now: u64, keep_ms: u64) -> Option<Res
     })
 }
 
-fn order_image(row: &OrderRow) -> Option<OrderImage> {
+fn order_image(PaidOrder { order: row, paid }: &PaidOrder) -> Option<OrderImage> {
     let state = OrderState::parse(&row.state)?;
     Some(OrderImage {
         id: OrderId::parse(&row.ord).ok()?,
@@ -553,19 +550,13 @@ fn order_image(row: &OrderRow) -> Option<OrderImage> {
         state,
         deadline: unsigned(row.deadline_at),
         created_at: unsigned(row.created_at),
-        paid: row.paid.clone().map(|(e, at)| (e, unsigned(at))),
+        paid: paid.clone().map(|(e, at)| (e, unsigned(at))),
         cancelled_at: (state == OrderState::Cancelled).then(|| unsigned(row.updated_at)),
     })
 }
 
 fn payment_image(row: &PaymentRow) -> Option<(OrderId, PspEventId, PaymentOutcome, OrderState)> {
-    let outcome = match row.outcome.as_str() {
-        "captured" => PaymentOutcome::Paid,
-        "after_cancel" => PaymentOutcome::PaidAfterCancel,
-        "rejected_amount_mismatch" => PaymentOutcome::AmountMismatch,
-        "rejected_duplicate_payment" => PaymentOutcome::DuplicatePayment,
-        _ => return None,
-    };
+    let outcome = parse_payment_outcome(&row.outcome)?;
     Some((
         OrderId::parse(&row.ord).ok()?,
         PspEventId::parse(&row.psp_event).ok()?,

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod concurrency;
+mod events;
 mod model;
 mod scenarios;
 mod support;

@@ -7,7 +7,7 @@ use flashcart_core::event::{Event, EventKind};
 use flashcart_core::ids::{BuyerId, Currency, IdempotencyKey, Quantity, SkuId};
 use flashcart_core::inventory::ReserveRequest;
 use flashcart_core::sku::SkuSpec;
-use flashcart_core::{KeySchema, Settings};
+use flashcart_core::{KeySchema, Partition, Settings};
 use flashcart_inventory::{NativeInventory, RedisConn, Target, Timeouts};
 use flashcart_testkit::{RedisCluster, RedisServer, Snapshot};
 
@@ -101,8 +101,9 @@ impl Deployment {
             .collect()
     }
 
-    /// Every event in every partition stream, parsed, in stream order per partition.
-    pub(crate) fn events(&self) -> Vec<Event> {
+    /// Every entry of every partition stream, parsed by the core, in stream order per
+    /// partition. Each must be an event that writes back to exactly its fields.
+    pub(crate) fn events(&self) -> Vec<StreamEvent> {
         let schema = KeySchema::default();
         let mut out = Vec::new();
         for p in schema.partitions() {
@@ -119,21 +120,52 @@ impl Deployment {
                     continue;
                 };
                 for (id, fields) in entries {
-                    out.push(
-                        Event::parse(p, id, fields).expect("every stream entry is a valid event"),
-                    );
+                    let event = parse_exactly(&fields);
+                    out.push(StreamEvent {
+                        partition: p,
+                        id,
+                        fields,
+                        event,
+                    });
                 }
             }
         }
         out
     }
 
-    pub(crate) fn events_of(&self, sku: &SkuId, kind: EventKind) -> Vec<Event> {
+    pub(crate) fn events_of(&self, sku: &SkuId, kind: EventKind) -> Vec<StreamEvent> {
         self.events()
             .into_iter()
-            .filter(|e| e.kind == kind && e.fields["sku"] == sku.as_str())
+            .filter(|e| e.event.body.kind() == kind && e.event.sku == sku.as_str())
             .collect()
     }
+}
+
+/// One stream entry and the core's event in it.
+#[derive(Debug)]
+pub(crate) struct StreamEvent {
+    pub(crate) partition: Partition,
+    #[expect(dead_code, reason = "shown in assertion messages (Debug)")]
+    pub(crate) id: String,
+    pub(crate) fields: BTreeMap<String, String>,
+    pub(crate) event: Event,
+}
+
+/// The core's event in `fields`, which must write back to exactly `fields`: a field the
+/// library writes that the core does not know (or spells differently) fails here.
+pub(crate) fn parse_exactly(fields: &BTreeMap<String, String>) -> Event {
+    let event = Event::parse(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .unwrap_or_else(|e| panic!("stream entry {fields:?} is not a core event: {e}"));
+    let written: BTreeMap<String, String> = event
+        .fields()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(
+        &written, fields,
+        "the core's event does not write back to the library's fields"
+    );
+    event
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);

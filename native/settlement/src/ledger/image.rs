@@ -1,8 +1,11 @@
 //! What the ledger knows, read whole for a restore of Redis (see `crate::recovery`): SKUs with
 //! their segments' levels, every reservation and order, payment outcomes and purchase counts.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
+use flashcart_core::inventory::PaymentOutcome;
+
+use super::rows::{OrderRow, Record, ReservationRow, payment_outcome_name};
 use super::{Ledger, Result, SegmentLevels};
 
 /// A SKU's terms and its segments (with the partition each lives in) as the ledger has them.
@@ -26,37 +29,13 @@ pub struct SkuRow {
     pub levels: Vec<(i64, SegmentLevels)>,
 }
 
-/// A reservation row.
+/// An order row with the payment that paid it (in time or after cancellation), if any: the
+/// provider's event id and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[expect(missing_docs, reason = "the columns of `reservations`, named as there")]
-pub struct ReservationRow {
-    pub rsv: String,
-    pub segment: i64,
-    pub qty: i64,
-    pub buyer: String,
-    pub expires_at: i64,
-    /// `held`, `ordered`, `expired` or `cancelled`.
-    pub state: String,
-    pub created_at: i64,
-    pub closed_at: Option<i64>,
-}
-
-/// An order row, with the payment that paid it (if any).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[expect(missing_docs, reason = "the columns of `orders`, named as there")]
-pub struct OrderRow {
-    pub ord: String,
-    pub rsv: String,
-    pub segment: i64,
-    pub qty: i64,
-    pub buyer: String,
-    pub amount: i64,
-    pub currency: String,
-    pub deadline_at: i64,
-    pub state: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-    /// The provider event that captured the payment (in time or after cancellation), and when.
+pub struct PaidOrder {
+    /// The order.
+    pub order: OrderRow,
+    /// The payment that captured it.
     pub paid: Option<(String, i64)>,
 }
 
@@ -66,7 +45,7 @@ pub struct OrderRow {
 pub struct PaymentRow {
     pub psp_event: String,
     pub ord: String,
-    /// `captured`, `after_cancel`, `rejected_amount_mismatch`, `rejected_duplicate_payment`.
+    /// A [`super::payment_outcome_name`].
     pub outcome: String,
     pub at: i64,
     pub order_state: String,
@@ -125,56 +104,38 @@ impl Ledger {
     /// # Errors
     /// When the database fails.
     pub async fn reservation_rows(&self) -> Result<Vec<ReservationRow>> {
-        let rows = sqlx::query(
-            "SELECT rsv, segment, qty, buyer, expires_at, state, created_at, closed_at FROM reservations",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ReservationRow {
-                    rsv: r.try_get(0)?,
-                    segment: r.try_get(1)?,
-                    qty: r.try_get(2)?,
-                    buyer: r.try_get(3)?,
-                    expires_at: r.try_get(4)?,
-                    state: r.try_get(5)?,
-                    created_at: r.try_get(6)?,
-                    closed_at: r.try_get(7)?,
-                })
-            })
-            .collect()
+        let sql = format!("SELECT {} FROM reservations", ReservationRow::COLUMNS);
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(ReservationRow::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Every order, with the payment that paid it.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn order_rows(&self) -> Result<Vec<OrderRow>> {
-        let rows = sqlx::query(
-            "SELECT o.ord, o.rsv, o.segment, o.qty, o.buyer, o.amount, o.currency, o.deadline_at,
-                    o.state, o.created_at, o.updated_at, p.psp_event, p.at
-             FROM orders o LEFT JOIN payments p
-               ON p.ord = o.ord AND p.outcome IN ('captured', 'after_cancel')",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+    pub async fn order_rows(&self) -> Result<Vec<PaidOrder>> {
+        let sql = format!(
+            "SELECT {}, paid_event, paid_at FROM orders LEFT JOIN
+               (SELECT ord AS paid_ord, psp_event AS paid_event, at AS paid_at FROM payments
+                WHERE outcome IN ($1, $2)) p ON p.paid_ord = orders.ord",
+            OrderRow::COLUMNS
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(payment_outcome_name(&PaymentOutcome::Paid))
+            .bind(payment_outcome_name(&PaymentOutcome::PaidAfterCancel))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
-                let psp: Option<String> = r.try_get(11)?;
-                let at: Option<i64> = r.try_get(12)?;
-                Ok(OrderRow {
-                    ord: r.try_get(0)?,
-                    rsv: r.try_get(1)?,
-                    segment: r.try_get(2)?,
-                    qty: r.try_get(3)?,
-                    buyer: r.try_get(4)?,
-                    amount: r.try_get(5)?,
-                    currency: r.try_get(6)?,
-                    deadline_at: r.try_get(7)?,
-                    state: r.try_get(8)?,
-                    created_at: r.try_get(9)?,
-                    updated_at: r.try_get(10)?,
+                let psp: Option<String> = r.try_get(13)?;
+                let at: Option<i64> = r.try_get(14)?;
+                Ok(PaidOrder {
+                    order: OrderRow::from_row(r)?,
                     paid: psp.zip(at),
                 })
             })
