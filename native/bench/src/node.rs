@@ -1,6 +1,6 @@
 //! Processes the bench starts: `flashcart up` edge nodes (the `flashcart` binary itself, as
 //! a child) and `wasmtime serve`; each on a free loopback port, its output in a log file,
-//! stopped with SIGTERM (and killed if it will not stop, or when the bench fails midway).
+//! stopped with SIGTERM (`wasmtime serve`: SIGINT) (and killed if it will not stop, or when the bench fails midway).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 /// How long a started process may take to answer its health check (a cold compile of five
 /// components on a busy 2-core machine takes a while).
 const READY_WITHIN: Duration = Duration::from_secs(300);
-/// How long a process may take to drain and exit after SIGTERM.
+/// How long a process may take to drain and exit after its stop signal.
 const STOP_WITHIN: Duration = Duration::from_secs(30);
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -35,6 +35,9 @@ pub struct Process {
     child: Child,
     pid: u32,
     log: PathBuf,
+    /// The signal that asks it to drain and exit: `TERM` for `flashcart up`; `INT` for
+    /// `wasmtime serve`, which drains on Ctrl-C and dies on SIGTERM.
+    stop_signal: &'static str,
 }
 
 impl Process {
@@ -68,6 +71,7 @@ impl Process {
             child,
             pid,
             log,
+            stop_signal: "TERM",
         };
         let ready = crate::http::wait_ready(address, health, READY_WITHIN, || {
             process_alive(&mut process.child, name, &process.log)
@@ -89,21 +93,22 @@ impl Process {
         self.pid
     }
 
-    /// Stops it with SIGTERM and waits for it to exit; kills it after 30 s.
+    /// Stops it with its stop signal and waits for it to exit; kills it after 30 s.
     ///
     /// # Errors
     /// When it exited with a failure or had to be killed (the message carries its log's end).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
+            .args([&format!("-{}", self.stop_signal), &self.pid.to_string()])
             .status()
             .await;
         let waited = tokio::time::timeout(STOP_WITHIN, self.child.wait()).await;
         match waited {
             Ok(Ok(status)) if status.success() => Ok(()),
             Ok(Ok(status)) => bail!(
-                "{} exited with {status} after SIGTERM; its log ends:\n{}",
+                "{} exited with {status} after SIG{}; its log ends:\n{}",
                 self.name,
+                self.stop_signal,
                 tail(&self.log)
             ),
             Ok(Err(e)) => Err(e).with_context(|| format!("waiting for {}", self.name)),
@@ -146,6 +151,10 @@ pub struct Up {
     pub cache_dir: Option<PathBuf>,
     /// `FLASHCART_LOG` for the node.
     pub log_filter: String,
+    /// Where each node keeps its SQLite key-value store (the edge cache), as
+    /// `./scripts/up.sh` runs it: `<dir>/<name>-kv.db` through a runtime config file written
+    /// beside it; `None`: `up`'s in-memory store.
+    pub sqlite_key_value: Option<PathBuf>,
 }
 
 impl Up {
@@ -180,6 +189,11 @@ impl Up {
         if let Some(dir) = &self.cache_dir {
             command.arg("--cache-dir").arg(dir);
         }
+        if let Some(dir) = &self.sqlite_key_value {
+            command
+                .arg("--runtime-config-file")
+                .arg(sqlite_runtime_config(dir, name)?);
+        }
         match &self.settle {
             Some((redis_url, data_dir)) => {
                 command
@@ -201,6 +215,19 @@ impl Up {
         )
         .await
     }
+}
+
+/// Writes `<dir>/<name>-runtime-config.toml`: the `default` key-value store in
+/// `<dir>/<name>-kv.db`, the same store type as `infra/spin/runtime-config.toml`.
+fn sqlite_runtime_config(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}-runtime-config.toml"));
+    std::fs::write(
+        &path,
+        format!("[key_value_store.default]\ntype = \"spin\"\npath = \"{name}-kv.db\"\n"),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// Writes a one-route manifest serving `component` on every path (the hello baseline).
@@ -252,12 +279,14 @@ pub async fn start_wasmtime(
         .arg(format!("--addr={address}"))
         .args(extra_args)
         .arg(component);
-    Process::start(
+    let mut process = Process::start(
         "wasmtime",
         command,
         address,
         "/",
         log_dir.join("wasmtime.log"),
     )
-    .await
+    .await?;
+    process.stop_signal = "INT";
+    Ok(process)
 }

@@ -209,6 +209,8 @@ pub struct Setup {
     pub open_users: usize,
     /// The node log filter (`FLASHCART_LOG`) of self-started nodes.
     pub node_log: Option<String>,
+    /// The key-value store of self-started nodes: `sqlite` or `memory`.
+    pub key_value: Option<String>,
 }
 
 /// Everything the checks found.
@@ -284,9 +286,13 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "flashcart bench sale — {} node(s) ({}), {} cores, load before {} / after {}, redis {}",
+            "flashcart bench sale — {} node(s) ({}{}), {} cores, load before {} / after {}, redis {}",
             self.setup.nodes.len(),
             self.setup.mode,
+            self.setup
+                .key_value
+                .as_deref()
+                .map_or(String::new(), |kv| format!(", {kv} key-value store")),
             self.machine.cores,
             load(self.machine.load_before),
             load(self.machine.load_after),

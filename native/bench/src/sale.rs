@@ -71,6 +71,24 @@ pub enum Baseline {
     Wasmtime,
 }
 
+/// The edge nodes' key-value store (their edge cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyValue {
+    /// A SQLite file per node, as `./scripts/up.sh` serves (`infra/spin/runtime-config.toml`).
+    Sqlite,
+    /// `flashcart up`'s in-memory store (no runtime config).
+    Memory,
+}
+
+impl KeyValue {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Memory => "memory",
+        }
+    }
+}
+
 /// Everything `flashcart bench sale` takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
@@ -164,6 +182,9 @@ pub struct Options {
     /// Compiled-code cache of the bench's nodes (default: `flashcart up`'s).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// The key-value store of the bench's nodes (their edge cache).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub key_value: KeyValue,
     /// Log filter (`FLASHCART_LOG`) of the bench's nodes; `info` logs every request.
     #[arg(long, default_value = "warn")]
     pub node_log: String,
@@ -355,6 +376,7 @@ impl Sale {
             settle: None,
             cache_dir: options.cache_dir.clone(),
             log_filter: options.node_log.clone(),
+            sqlite_key_value: (options.key_value == KeyValue::Sqlite).then(|| work.join("kv")),
         };
         let ledger_dir = work.join("ledger");
         let mut processes = Vec::new();
@@ -618,6 +640,7 @@ impl Hello {
                 settle: None,
                 cache_dir: options.cache_dir.clone(),
                 log_filter: options.node_log.clone(),
+                sqlite_key_value: None,
             };
             hello.host = Some(up.start("hello-host", logs).await?);
         }
@@ -695,6 +718,7 @@ pub async fn run(options: Options) -> anyhow::Result<(Report, PathBuf)> {
         },
         open_users: options.open_users,
         node_log: (sale.mode == "self-started").then(|| options.node_log.clone()),
+        key_value: (sale.mode == "self-started").then(|| options.key_value.name().to_owned()),
     };
     let measured = async {
         let bench = Bench::new(&options, &sale, &hello, started_at).await?;
