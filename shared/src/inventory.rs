@@ -923,10 +923,8 @@ impl<E: RedisExecutor> Inventory<E> {
         now: Now,
     ) -> Result<ReleaseOutcome> {
         let p = self.check_partition(id.partition())?;
-        let reason = match reason {
-            ReleaseReason::Expired => "expired",
-            ReleaseReason::Cancelled => "cancelled",
-        };
+        // The name the event records, from the stream's one contract.
+        let reason = crate::event::release_reason_name(reason);
         let reply = self
             .fcall(
                 "fc_release",
@@ -1160,10 +1158,7 @@ impl<E: RedisExecutor> Inventory<E> {
         now: Now,
     ) -> Result<CancelOutcome> {
         let p = self.check_partition(id.partition())?;
-        let reason = match reason {
-            CancelReason::Deadline => "deadline",
-            CancelReason::Buyer => "buyer",
-        };
+        let reason = crate::event::cancel_reason_name(reason);
         let reply = self
             .fcall(
                 "fc_order_cancel",
