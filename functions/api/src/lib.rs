@@ -17,8 +17,10 @@ use flashcart_core::ids::{
     BuyerId, Currency, IdempotencyKey, OrderId, PspEventId, Quantity, ReservationId, SkuId,
 };
 use flashcart_core::inventory::{
-    LoadOutcome, OrderRequest, PaymentNotice, ReserveRequest, Reserved, StockHint, StockLevels,
+    CancelReason, LoadOutcome, OrderRequest, PaymentNotice, ReserveRequest, Reserved, StockHint,
+    StockLevels,
 };
+use flashcart_core::order::OrderState;
 use flashcart_core::signature::{self, SigningSecret};
 use flashcart_core::sku::SkuSpec;
 use flashcart_core::{Inventory, Now, Partition, RedisExecutor, Rejection};
@@ -134,6 +136,12 @@ struct DeductBody {
 #[serde(deny_unknown_fields)]
 struct OrderBody {
     reservation_id: String,
+    buyer_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
     buyer_id: String,
 }
 
@@ -481,8 +489,39 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
                 Ok(ApiResponse::json(200, &order))
             }
             ([_], _) => Err(Rejection::MethodNotAllowed { allow: "GET" }),
+            ([id, "cancel"], "POST") => self.cancel_order(req, id).await,
+            ([_, "cancel"], _) => Err(Rejection::MethodNotAllowed { allow: "POST" }),
             _ => Err(Rejection::NotFound),
         }
+    }
+
+    /// `POST /v1/orders/{id}/cancel`: the buyer cancels an order awaiting payment; its units
+    /// go back on sale and the ledger hears of it (`order.cancelled`, reason `buyer`).
+    /// Idempotent: an order cancelled already (by an earlier call, or by its payment deadline)
+    /// answers the same 200, marked replayed. To anyone but its buyer the order does not exist.
+    async fn cancel_order(&self, req: &ApiRequest, id: &str) -> Result<ApiResponse, Rejection> {
+        http::check_json_body(req, self.config.max_body_bytes)?;
+        let body: CancelBody = http::parse_json(&req.body)?;
+        let id = OrderId::parse(id)?;
+        let buyer = BuyerId::parse(&body.buyer_id)?;
+        if self.inventory.order(&id).await?.buyer != buyer.as_str() {
+            return Err(Rejection::UnknownOrder);
+        }
+        let replayed = match self
+            .inventory
+            .cancel_order(&id, CancelReason::Buyer, Now::Server)
+            .await
+        {
+            Ok(_) => false,
+            Err(Rejection::IllegalTransition { state })
+                if state == OrderState::Cancelled.as_str() =>
+            {
+                true
+            }
+            Err(e) => return Err(e),
+        };
+        let order = self.inventory.order(&id).await?;
+        Ok(replay_header(ApiResponse::json(200, &order), replayed))
     }
 
     /// `POST /v1/payments/callback`: the payment provider's signed webhook. Answers 2xx once

@@ -8,8 +8,8 @@ use flashcart_core::inventory::{RateLimit, ReleaseReason, ReserveRequest};
 use flashcart_core::{KeySchema, Now};
 
 use crate::node::{
-    ADMIN, Kind, Node, NodeOptions, PROBLEM_TYPES, PSP_SECRET, deduct_req, load, now_ms, order_req,
-    payment_req, problem_type, redis_commands,
+    ADMIN, Kind, Node, NodeOptions, PROBLEM_TYPES, PSP_SECRET, cancel_req, deduct_req, load,
+    now_ms, order_req, payment_req, problem_type, redis_commands,
 };
 
 /// Admin load → stock check (miss, then cache hit) → deduct (and its replay) → order →
@@ -94,6 +94,89 @@ pub async fn admin_load_stock_deduct_order_pay(kind: Kind) {
         (Some(2), Some(8))
     );
     assert_eq!(state["invariant_holds"], true);
+}
+
+/// The buyer cancels an unpaid order: its units go back on sale, a repeat answers the same,
+/// nobody else can cancel it, a paid order cannot be cancelled, bad input changes nothing.
+pub async fn the_buyer_cancels_an_unpaid_order(kind: Kind) {
+    let n = &Node::start(kind, NodeOptions::default()).await;
+    assert_eq!(load(n, "boots", 10, 4, -1_000).await.status, 201);
+    let ordered = |buyer: &'static str, qty: u64, key: &'static str| async move {
+        let rsv = n.send(deduct_req("boots", buyer, qty, key)).await;
+        assert_eq!(rsv.status, 201, "{rsv:?}");
+        let rid = rsv.json_body()["reservation_id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let order = n.send(order_req(&rid, buyer, &format!("o-{key}"))).await;
+        assert_eq!(order.status, 201, "{order:?}");
+        order.json_body()["id"].as_str().expect("id").to_owned()
+    };
+    let levels = || async {
+        let admin = n
+            .send(
+                ApiRequest::new("GET", "/v1/admin/skus/boots")
+                    .header("authorization", &format!("Bearer {ADMIN}")),
+            )
+            .await
+            .json_body();
+        assert_eq!(admin["invariant_holds"], true, "{admin}");
+        (
+            admin["totals"]["available"].as_u64(),
+            admin["totals"]["ordered"].as_u64(),
+            admin["totals"]["sold"].as_u64(),
+        )
+    };
+    let oid = ordered("alice", 2, "a-1").await;
+    assert_eq!(levels().await, (Some(8), Some(2), Some(0)));
+
+    // Refused, and nothing changes: another buyer, a bad body, the wrong method.
+    let other = n.send(cancel_req(&oid, "mallory")).await;
+    assert_eq!(
+        (other.status, problem_type(&other).as_str()),
+        (404, "unknown-order")
+    );
+    let bad = n.send(
+        ApiRequest::new("POST", &format!("/v1/orders/{oid}/cancel"))
+            .json(&serde_json::json!({ "buyer_id": "alice", "why": "changed my mind" })),
+    );
+    assert_eq!(bad.await.status, 400);
+    let get = n
+        .send(ApiRequest::new("GET", &format!("/v1/orders/{oid}/cancel")))
+        .await;
+    assert_eq!((get.status, get.header_value("allow")), (405, Some("POST")));
+    assert_eq!(levels().await, (Some(8), Some(2), Some(0)));
+
+    let cancelled = n.send(cancel_req(&oid, "alice")).await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    assert_eq!(cancelled.json_body()["state"], "cancelled");
+    assert_eq!(cancelled.header_value("idempotent-replayed"), None);
+    let again = n.send(cancel_req(&oid, "alice")).await;
+    assert_eq!(
+        (again.status, again.header_value("idempotent-replayed")),
+        (200, Some("true"))
+    );
+    assert_eq!(again.json_body()["state"], "cancelled");
+    assert_eq!(
+        levels().await,
+        (Some(10), Some(0), Some(0)),
+        "units back on sale"
+    );
+
+    // Paid: too late to cancel.
+    let paid = ordered("bob", 1, "b-1").await;
+    let pay = serde_json::json!({
+        "event_id": "evt_cancel_1", "type": "payment.succeeded", "order_id": paid,
+        "amount": 1999, "currency": "EUR"
+    });
+    let answer = n.send(payment_req(&pay, PSP_SECRET, now_ms() / 1000)).await;
+    assert_eq!(answer.json_body()["outcome"], "paid", "{answer:?}");
+    let late = n.send(cancel_req(&paid, "bob")).await;
+    assert_eq!(
+        (late.status, problem_type(&late).as_str()),
+        (409, "illegal-transition")
+    );
+    assert_eq!(levels().await, (Some(9), Some(0), Some(1)));
 }
 
 /// Every problem type of the contract, each with its status, at least once.
@@ -260,11 +343,24 @@ pub async fn every_problem_type_of_the_contract(kind: Kind) {
         400,
         "invalid-request",
     );
-    assert_eq!(n.send(order_req(&rsv, "f", "o1")).await.status, 201);
+    let order = n.send(order_req(&rsv, "f", "o1")).await;
+    assert_eq!(order.status, 201, "{order:?}");
+    let oid = order.json_body()["id"].as_str().expect("id").to_owned();
     expect(
         n.send(order_req(&rsv, "f", "o2")).await,
         409,
         "reservation-already-ordered",
+    );
+    let pay = serde_json::json!({
+        "event_id": "evt_every_1", "type": "payment.succeeded", "order_id": oid,
+        "amount": 1999, "currency": "EUR"
+    });
+    let paid = n.send(payment_req(&pay, PSP_SECRET, now_ms() / 1000)).await;
+    assert_eq!(paid.json_body()["outcome"], "paid", "{paid:?}");
+    expect(
+        n.send(cancel_req(&oid, "f")).await,
+        409,
+        "illegal-transition",
     );
     let gone = n.send(deduct_req("plenty", "g", 1, "g1")).await.json_body()["reservation_id"]
         .as_str()

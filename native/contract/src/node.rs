@@ -29,7 +29,7 @@ pub const PSP_SECRET: &str = "whsec_current";
 
 /// Every problem type the edge contract emits; [`crate::contract`] sees each, and
 /// `docs/openapi.json` lists exactly these.
-pub const PROBLEM_TYPES: [&str; 24] = [
+pub const PROBLEM_TYPES: [&str; 25] = [
     "invalid-request",
     "idempotency-key-missing",
     "idempotency-key-reused",
@@ -44,6 +44,7 @@ pub const PROBLEM_TYPES: [&str; 24] = [
     "reservation-gone",
     "reservation-already-ordered",
     "unknown-order",
+    "illegal-transition",
     "sku-conflict",
     "rate-limited",
     "unauthorized",
@@ -547,6 +548,12 @@ pub fn order_req(reservation: &str, buyer: &str, key: &str) -> ApiRequest {
     ApiRequest::new("POST", "/v1/orders")
         .header("idempotency-key", key)
         .json(&serde_json::json!({ "reservation_id": reservation, "buyer_id": buyer }))
+}
+
+/// The buyer's cancel of order `order`.
+pub fn cancel_req(order: &str, buyer: &str) -> ApiRequest {
+    ApiRequest::new("POST", &format!("/v1/orders/{order}/cancel"))
+        .json(&serde_json::json!({ "buyer_id": buyer }))
 }
 
 /// A payment callback signed with `secret` at `timestamp`.

@@ -42,6 +42,7 @@ macro_rules! both_ways {
 both_ways!(
     contract::admin_load_stock_deduct_order_pay,
     contract::every_problem_type_of_the_contract,
+    contract::the_buyer_cancels_an_unpaid_order,
     signatures::signature_outcomes,
     idempotency::one_key_one_effect_across_partitions,
     flash_sale::two_thousand_buyers_fifty_units_then_no_redis_calls,
