@@ -1,12 +1,13 @@
 //! The edge on a Redis Cluster, over HTTP through flashcart's host and the built
 //! components: each component routes its calls to the partition's master itself.
 
-use flashcart_api::ApiRequest;
 use flashcart_core::KeySchema;
 use flashcart_core::ids::{BuyerId, SkuId};
 use flashcart_testkit::{RedisCluster, RedisServer};
 
-use crate::node::{ADMIN, Kind, Node, NodeOptions, Redis, deduct_req, load, problem_type};
+use crate::node::{
+    Kind, Node, NodeOptions, Redis, admin_state_req, deduct_req, load, problem_type,
+};
 
 /// The slot of `key`, as the cluster computes it.
 fn slot_of(cluster: &RedisCluster, key: &str) -> u16 {
@@ -39,11 +40,6 @@ fn moved_answers(cluster: &RedisCluster) -> u64 {
                 .sum::<u64>()
         })
         .sum()
-}
-
-fn admin_state(sku: &str) -> ApiRequest {
-    ApiRequest::new("GET", &format!("/v1/admin/skus/{sku}"))
-        .header("authorization", &format!("Bearer {ADMIN}"))
 }
 
 /// A SKU in 16 segments (one per partition) lands on all three masters; buyers reserve; one
@@ -103,7 +99,7 @@ pub async fn segments_spread_and_a_moved_partition_is_followed() {
             .await;
         assert_eq!(r.status, 201, "{r:?}");
     }
-    let state = n.send(admin_state("spread")).await;
+    let state = n.send(admin_state_req("spread")).await;
     assert_eq!(state.status, 200, "{state:?}");
     let body = state.json_body();
     assert_eq!(body["totals"]["available"], 160 - 41, "{body}");

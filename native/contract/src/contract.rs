@@ -8,8 +8,8 @@ use flashcart_core::inventory::{RateLimit, ReleaseReason, ReserveRequest};
 use flashcart_core::{KeySchema, Now};
 
 use crate::node::{
-    ADMIN, Kind, Node, NodeOptions, PROBLEM_TYPES, PSP_SECRET, cancel_req, deduct_req, load,
-    now_ms, order_req, payment_req, problem_type, redis_commands,
+    Kind, Node, NodeOptions, PROBLEM_TYPES, PSP_SECRET, admin_state_req, cancel_req, deduct_req,
+    load, now_ms, order_req, payment_req, problem_type, redis_commands,
 };
 
 /// Admin load → stock check (miss, then cache hit) → deduct (and its replay) → order →
@@ -79,12 +79,7 @@ pub async fn admin_load_stock_deduct_order_pay(kind: Kind) {
         (200, Some("paid"))
     );
 
-    let admin = n
-        .send(
-            ApiRequest::new("GET", "/v1/admin/skus/sneaker")
-                .header("authorization", &format!("Bearer {ADMIN}")),
-        )
-        .await;
+    let admin = n.send(admin_state_req("sneaker")).await;
     let state = admin.json_body();
     assert_eq!(
         (
@@ -113,13 +108,7 @@ pub async fn the_buyer_cancels_an_unpaid_order(kind: Kind) {
         order.json_body()["id"].as_str().expect("id").to_owned()
     };
     let levels = || async {
-        let admin = n
-            .send(
-                ApiRequest::new("GET", "/v1/admin/skus/boots")
-                    .header("authorization", &format!("Bearer {ADMIN}")),
-            )
-            .await
-            .json_body();
+        let admin = n.send(admin_state_req("boots")).await.json_body();
         assert_eq!(admin["invariant_holds"], true, "{admin}");
         (
             admin["totals"]["available"].as_u64(),

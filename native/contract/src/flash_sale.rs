@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use flashcart_api::ApiRequest;
 use flashcart_core::inventory::RateLimit;
 
 use crate::node::{
-    ADMIN, Kind, Node, NodeOptions, command_calls, deduct_req, function_calls, load, problem_type,
+    Kind, Node, NodeOptions, admin_state_req, command_calls, deduct_req, function_calls, load,
+    problem_type,
 };
 
 /// 2 000 concurrent buyers for 50 units: exactly 50 reservations, the books balance; then,
@@ -61,13 +61,7 @@ pub async fn two_thousand_buyers_fifty_units_then_no_redis_calls(kind: Kind) {
         "{kind:?}: 2000 deducts for 50 units made {} function calls",
         function_calls(n.redis()) - calls_before
     );
-    let state = n
-        .send(
-            ApiRequest::new("GET", "/v1/admin/skus/drop")
-                .header("authorization", &format!("Bearer {ADMIN}")),
-        )
-        .await
-        .json_body();
+    let state = n.send(admin_state_req("drop")).await.json_body();
     assert_eq!(
         (
             state["totals"]["available"].as_u64(),

@@ -550,6 +550,12 @@ pub fn order_req(reservation: &str, buyer: &str, key: &str) -> ApiRequest {
         .json(&serde_json::json!({ "reservation_id": reservation, "buyer_id": buyer }))
 }
 
+/// The admin's read of SKU `sku`: levels per segment, totals, and whether the books balance.
+pub fn admin_state_req(sku: &str) -> ApiRequest {
+    ApiRequest::new("GET", &format!("/v1/admin/skus/{sku}"))
+        .header("authorization", &format!("Bearer {ADMIN}"))
+}
+
 /// The buyer's cancel of order `order`.
 pub fn cancel_req(order: &str, buyer: &str) -> ApiRequest {
     ApiRequest::new("POST", &format!("/v1/orders/{order}/cancel"))

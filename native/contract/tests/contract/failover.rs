@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flashcart_api::{ApiRequest, ApiResponse};
-use flashcart_contract::node::{ADMIN, CLUSTER_NODE_TIMEOUT, deduct_req, problem_type};
+use flashcart_contract::node::{
+    ADMIN, CLUSTER_NODE_TIMEOUT, admin_state_req, deduct_req, problem_type,
+};
 use flashcart_contract::{Kind, Node, NodeOptions, Redis};
 use flashcart_core::exec::{RedisExecutor, Value};
 use flashcart_core::ids::{BuyerId, ReservationId};
@@ -162,9 +164,7 @@ async fn load_sku(n: &Node, sku: &str, stock: u64) {
 }
 
 async fn admin_state(n: &Node, sku: &str) -> serde_json::Value {
-    let req = ApiRequest::new("GET", &format!("/v1/admin/skus/{sku}"))
-        .header("authorization", &format!("Bearer {ADMIN}"));
-    let resp = answered(n, req).await;
+    let resp = answered(n, admin_state_req(sku)).await;
     assert_eq!(resp.status, 200, "{resp:?}");
     resp.json_body()
 }

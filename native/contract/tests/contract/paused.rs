@@ -4,8 +4,7 @@
 //! retry with the same key gets exactly one reservation — the one the stalled call made when
 //! Redis ran it, or a new one — and the stock adds up.
 
-use flashcart_api::ApiRequest;
-use flashcart_contract::node::{ADMIN, deduct_req, load, problem_type};
+use flashcart_contract::node::{admin_state_req, deduct_req, load, problem_type};
 use flashcart_contract::{Kind, Node, NodeOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -38,13 +37,7 @@ async fn a_paused_redis_answers_retryably_and_the_retry_reserves_once() {
     );
     assert_eq!(again.header_value("idempotent-replayed"), Some("true"));
 
-    let state = n
-        .send(
-            ApiRequest::new("GET", "/v1/admin/skus/paused")
-                .header("authorization", &format!("Bearer {ADMIN}")),
-        )
-        .await
-        .json_body();
+    let state = n.send(admin_state_req("paused")).await.json_body();
     assert_eq!(
         state["totals"]["available"], 8,
         "one unit each for a and b: {state}"
