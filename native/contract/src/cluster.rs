@@ -6,7 +6,7 @@ use flashcart_core::ids::{BuyerId, SkuId};
 use flashcart_testkit::{RedisCluster, RedisServer};
 
 use crate::node::{
-    Kind, Node, NodeOptions, Redis, admin_state_req, deduct_req, load, problem_type,
+    Kind, Node, NodeOptions, Redis, admin_state_req, deduct_req, load, problem_detail, problem_type,
 };
 
 /// The slot of `key`, as the cluster computes it.
@@ -131,10 +131,7 @@ pub async fn a_node_outside_the_allowed_hosts_is_named() {
     let answer = load(n, "fenced", 160, 16, -1_000).await;
     assert_eq!(answer.status, 503, "{answer:?}");
     assert_eq!(problem_type(&answer), "inventory-unavailable");
-    let detail = answer.json_body()["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let detail = problem_detail(&answer);
     assert!(
         detail.contains(&format!("127.0.0.1:{}", ports[2]))
             && detail.contains("allowed_outbound_hosts"),
@@ -171,10 +168,7 @@ pub async fn bad_seed_lists_are_named() {
         ] {
             assert_eq!(answer.status, 503, "{answer:?}");
             assert_eq!(problem_type(&answer), "inventory-unavailable");
-            let detail = answer.json_body()["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let detail = problem_detail(&answer);
             assert!(detail.contains(&named) && detail.contains(why), "{detail}");
         }
         for server in n.redis().servers() {

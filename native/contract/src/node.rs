@@ -576,6 +576,14 @@ pub fn payment_req(body: &serde_json::Value, secret: &str, timestamp: u64) -> Ap
     req.header("flashcart-signature", &sig)
 }
 
+/// A problem answer's `detail` (empty when there is none).
+pub fn problem_detail(resp: &ApiResponse) -> String {
+    resp.json_body()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The problem `type` slug of a response, asserting it is problem+json with its status.
 pub fn problem_type(resp: &ApiResponse) -> String {
     assert_eq!(

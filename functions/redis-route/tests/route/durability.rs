@@ -8,13 +8,21 @@ use flashcart_redis_route::Durability;
 use flashcart_testkit::{RedisCluster, RedisServer};
 
 use crate::support::{
-    MemoryKv, NativeConnector, addresses, calls, inventory, now, reserve, router, spec, unique_sku,
+    MemoryKv, NativeConnector, TestRouter, addresses, calls, inventory, now, reserve, router, spec,
+    unique_sku,
 };
 
 const REPLICATED: Durability = Durability::Replicated { timeout_ms: 200 };
 
-#[tokio::test]
-async fn every_write_waits_for_a_replica_and_reads_do_not() {
+/// A 3 + 3 cluster, an inventory routed over it with `durability = replicated`, and a SKU
+/// loaded in 16 segments (one per partition, so every master holds some).
+async fn replicated_sale(
+    name: &str,
+) -> (
+    RedisCluster,
+    flashcart_core::Inventory<TestRouter>,
+    flashcart_core::ids::SkuId,
+) {
     let cluster = RedisCluster::start_with_replicas(3, 1, Duration::from_secs(5)).expect("cluster");
     let seeds = addresses(&cluster)[..3].join(",");
     let inv = inventory(
@@ -22,8 +30,14 @@ async fn every_write_waits_for_a_replica_and_reads_do_not() {
             .with_durability(REPLICATED),
     );
     inv.ensure_library().await.expect("library");
-    let sku = unique_sku("confirmed");
+    let sku = unique_sku(name);
     inv.load_sku(&spec(&sku, 16), now()).await.expect("load");
+    (cluster, inv, sku)
+}
+
+#[tokio::test]
+async fn every_write_waits_for_a_replica_and_reads_do_not() {
+    let (cluster, inv, sku) = replicated_sale("confirmed").await;
     let (fcalls, waits) = (
         calls(cluster.nodes(), "fcall"),
         calls(cluster.nodes(), "wait"),
@@ -45,15 +59,7 @@ async fn every_write_waits_for_a_replica_and_reads_do_not() {
 
 #[tokio::test]
 async fn no_replica_in_time_is_not_replicated_and_the_retry_replays() {
-    let cluster = RedisCluster::start_with_replicas(3, 1, Duration::from_secs(5)).expect("cluster");
-    let seeds = addresses(&cluster)[..3].join(",");
-    let inv = inventory(
-        router(&seeds, NativeConnector::default(), &MemoryKv::default())
-            .with_durability(REPLICATED),
-    );
-    inv.ensure_library().await.expect("library");
-    let sku = unique_sku("stopped");
-    inv.load_sku(&spec(&sku, 16), now()).await.expect("load");
+    let (cluster, inv, sku) = replicated_sale("stopped").await;
 
     // Every replica stopped: whichever master the reserve lands on, none confirms it.
     let replicas = &cluster.nodes()[3..];

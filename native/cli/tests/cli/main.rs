@@ -57,11 +57,9 @@ fn get_with(address: SocketAddr, path: &str, headers: &str) -> Option<(u16, Stri
     Some((status, body))
 }
 
-/// Starts `flashcart up` serving the hello component, with settlement on a private
-/// redis-server and its ledger in `dir`: a test never talks to a server on a default
-/// port nor writes into the source tree.
-fn start_up(dir: &tempfile::TempDir, redis: &RedisServer, extra: &[&str]) -> (Child, SocketAddr) {
-    let manifest = dir.path().join("spin.toml");
+/// Writes `<dir>/spin.toml`: one catch-all route to the hello test component.
+fn hello_manifest(dir: &std::path::Path) -> std::path::PathBuf {
+    let manifest = dir.join("spin.toml");
     std::fs::write(
         &manifest,
         format!(
@@ -72,6 +70,14 @@ fn start_up(dir: &tempfile::TempDir, redis: &RedisServer, extra: &[&str]) -> (Ch
         ),
     )
     .expect("write manifest");
+    manifest
+}
+
+/// Starts `flashcart up` serving the hello component, with settlement on a private
+/// redis-server and its ledger in `dir`: a test never talks to a server on a default
+/// port nor writes into the source tree.
+fn start_up(dir: &tempfile::TempDir, redis: &RedisServer, extra: &[&str]) -> (Child, SocketAddr) {
+    let manifest = hello_manifest(dir.path());
     let address: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
         .expect("address");
@@ -215,17 +221,7 @@ fn up_stops_with_settlements_error_when_settlement_cannot_run() {
     // A cluster list whose only node is not there: settlement cannot start, and a node that
     // served on without it would pile up unsettled events. `up` stops and says why.
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = dir.path().join("spin.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "spin_manifest_version = 2\n[application]\nname = \"cli\"\n\
-             [[trigger.http]]\nroute = \"/...\"\ncomponent = \"hello\"\n\
-             [component.hello]\nsource = \"{}\"\n",
-            hello_wasm().display()
-        ),
-    )
-    .expect("write manifest");
+    let manifest = hello_manifest(dir.path());
     let mut child = Command::new(env!("CARGO_BIN_EXE_flashcart"))
         .args(["up", "--from"])
         .arg(&manifest)

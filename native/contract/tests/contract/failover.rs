@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use flashcart_api::{ApiRequest, ApiResponse};
 use flashcart_contract::node::{
-    ADMIN, CLUSTER_NODE_TIMEOUT, admin_state_req, deduct_req, problem_type,
+    ADMIN, CLUSTER_NODE_TIMEOUT, admin_state_req, deduct_req, problem_detail, problem_type,
 };
 use flashcart_contract::{Kind, Node, NodeOptions, Redis};
 use flashcart_core::exec::{RedisExecutor, Value};
@@ -417,10 +417,7 @@ async fn an_unconfirmed_write_is_a_503_and_the_retry_gets_the_stored_decision() 
         "{unconfirmed:?}"
     );
     assert_eq!(problem_type(&unconfirmed), "inventory-not-replicated");
-    let detail = unconfirmed.json_body()["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let detail = problem_detail(&unconfirmed);
     assert!(
         detail.contains("durability = replicated") && detail.contains("Idempotency-Key"),
         "{detail}"
@@ -453,10 +450,7 @@ async fn a_bad_durability_is_named() {
         let answer = n.send(deduct_req("any", "b", 1, "k")).await;
         assert_eq!(answer.status, 503, "{answer:?}");
         assert_eq!(problem_type(&answer), "inventory-unavailable");
-        let detail = answer.json_body()["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let detail = problem_detail(&answer);
         assert!(detail.contains(&format!("variable {name}")), "{detail}");
         let keys: u64 = redis::cmd("DBSIZE")
             .query(&mut n.redis().servers()[0].connection().expect("conn"))
