@@ -12,8 +12,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -30,18 +30,41 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::instance::Failure;
 use crate::problem::problem;
-use crate::telemetry;
+use crate::telemetry::{self, ComponentMetrics};
 
 /// Path of the host's health check.
 pub const HEALTH_PATH: &str = "/.well-known/flashcart/health";
 /// Path of the host's metrics on the application listener.
 pub const METRICS_PATH: &str = "/.well-known/flashcart/metrics";
 
+// What Spin tells a component about the request and its route, one header each. Named
+// once: building a header name from a string per request showed in the host's profile.
+const SPIN_FULL_URL: http::HeaderName = http::HeaderName::from_static("spin-full-url");
+const SPIN_PATH_INFO: http::HeaderName = http::HeaderName::from_static("spin-path-info");
+const SPIN_MATCHED_ROUTE: http::HeaderName = http::HeaderName::from_static("spin-matched-route");
+const SPIN_RAW_COMPONENT_ROUTE: http::HeaderName =
+    http::HeaderName::from_static("spin-raw-component-route");
+const SPIN_COMPONENT_ROUTE: http::HeaderName =
+    http::HeaderName::from_static("spin-component-route");
+const SPIN_BASE_PATH: http::HeaderName = http::HeaderName::from_static("spin-base-path");
+const SPIN_CLIENT_ADDR: http::HeaderName = http::HeaderName::from_static("spin-client-addr");
+
+/// Sets `name` to `value`, replacing what the client sent under that name; a value that is
+/// not a valid header value (it came from the request itself) is left out.
+fn set_header(headers: &mut http::HeaderMap, name: http::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
 /// How long shutdown waits for open connections after the last request deadline.
 const DRAIN_SLACK: Duration = Duration::from_secs(2);
 
 struct Shared {
     app: Arc<App>,
+    /// Each component's request metrics, by its index in the app; registered by the first
+    /// request (after the recorder is installed).
+    metrics: Vec<OnceLock<ComponentMetrics>>,
     /// Caps concurrent instances at the pool size, so a burst waits for a slot rather
     /// than failing to allocate one.
     slots: Semaphore,
@@ -60,6 +83,7 @@ pub async fn run(
     telemetry::install();
     let slots = app.runtime().config().max_instances as usize;
     let shared = Arc::new(Shared {
+        metrics: app.components().iter().map(|_| OnceLock::new()).collect(),
         app,
         slots: Semaphore::new(slots),
     });
@@ -262,7 +286,9 @@ async fn dispatch(
         );
     };
     let component = &app.components()[*matched.target];
-    let id = component.context.id.clone();
+    let id = &component.context.id;
+    let component_metrics =
+        shared.metrics[*matched.target].get_or_init(|| ComponentMetrics::new(id));
 
     let (mut parts, body) = req.into_parts();
     let limit = app.max_body_bytes();
@@ -325,27 +351,18 @@ async fn dispatch(
         .map(|pq| pq.as_str().to_owned())
         .unwrap_or_else(|| path.clone());
     let full_url = format!("http://{authority}{path_and_query}");
-    let mut spin_headers: Vec<(String, String)> = vec![
-        ("spin-full-url".into(), full_url.clone()),
-        ("spin-path-info".into(), matched.path_info.clone()),
-        ("spin-matched-route".into(), matched.route.to_owned()),
-        ("spin-raw-component-route".into(), matched.route.to_owned()),
-        (
-            "spin-component-route".into(),
-            matched.component_route.clone(),
-        ),
-        ("spin-base-path".into(), "/".into()),
-        ("spin-client-addr".into(), peer.to_string()),
-    ];
+    let headers = &mut parts.headers;
+    set_header(headers, SPIN_FULL_URL, &full_url);
+    set_header(headers, SPIN_PATH_INFO, &matched.path_info);
+    set_header(headers, SPIN_MATCHED_ROUTE, matched.route);
+    set_header(headers, SPIN_RAW_COMPONENT_ROUTE, matched.route);
+    set_header(headers, SPIN_COMPONENT_ROUTE, &matched.component_route);
+    headers.insert(SPIN_BASE_PATH, HeaderValue::from_static("/"));
+    set_header(headers, SPIN_CLIENT_ADDR, &peer.to_string());
     for (name, value) in &matched.params {
-        spin_headers.push((format!("spin-path-match-{name}"), value.clone()));
-    }
-    for (name, value) in spin_headers {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            parts.headers.insert(name, value);
+        if let Ok(name) = http::HeaderName::from_bytes(format!("spin-path-match-{name}").as_bytes())
+        {
+            set_header(headers, name, value);
         }
     }
     parts.uri = match full_url.parse() {
@@ -358,8 +375,7 @@ async fn dispatch(
     let _in_flight = InFlight::enter();
     let started = Instant::now();
     let outcome = component.handler.handle(request).await;
-    metrics::histogram!("flashcart_request_duration_seconds", "component" => id.clone())
-        .record(started.elapsed().as_secs_f64());
+    let took = started.elapsed().as_secs_f64();
 
     let response = match outcome {
         Ok(answer) => Response::from_parts(answer.parts, Full::new(answer.body)),
@@ -406,30 +422,27 @@ async fn dispatch(
             )
         }
     };
-    metrics::counter!(
-        "flashcart_requests_total",
-        "component" => id,
-        "status" => response.status().as_u16().to_string()
-    )
-    .increment(1);
+    component_metrics.record(took, response.status().as_u16());
     response
 }
 
 /// Counts a request in `flashcart_in_flight_requests` while it runs. A guard, not a
 /// pair of calls: hyper drops the request future when the client goes away, and the
-/// gauge must come down then too.
-struct InFlight;
+/// gauge must come down then too. The gauge is looked up once per process.
+struct InFlight(&'static metrics::Gauge);
 
 impl InFlight {
     fn enter() -> Self {
-        metrics::gauge!("flashcart_in_flight_requests").increment(1.0);
-        Self
+        static GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
+        let gauge = GAUGE.get_or_init(|| metrics::gauge!("flashcart_in_flight_requests"));
+        gauge.increment(1.0);
+        Self(gauge)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("flashcart_in_flight_requests").decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
