@@ -12,7 +12,16 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::exec::{ExecError, RedisExecutor, Value};
+use crate::exec::{ExecError, RedisExecutor};
+use crate::functions::orders::{
+    IdemClaim, IdemRelease, OrderCancel, OrderCreate, OrderGet, Refund,
+};
+use crate::functions::payments::Payment;
+use crate::functions::reserve::{
+    Release, Reserve, ReserveAt, ReserveFinish, Sighting, home_record,
+};
+use crate::functions::stock::{Due, Load, Stock};
+use crate::functions::{self, Function, Version};
 use crate::ids::{
     BuyerId, Currency, HoldToken, IdempotencyKey, OrderId, PspEventId, Quantity, ReservationId,
     SkuId,
@@ -35,7 +44,8 @@ pub enum Now {
 }
 
 impl Now {
-    fn arg(self) -> String {
+    /// The `now` argument the library's functions take (`0`: Redis's own clock).
+    pub(crate) fn arg(self) -> String {
         match self {
             Now::Server => "0".into(),
             Now::At(ms) => ms.to_string(),
@@ -345,7 +355,7 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// The µs a token takes to come back.
-    fn step_us(self) -> u64 {
+    pub(crate) fn step_us(self) -> u64 {
         (1_000_000 / self.refill_per_second.max(1)).max(1_000)
     }
 }
@@ -400,70 +410,6 @@ pub enum Search {
     SoldOut,
 }
 
-/// A function's flat reply: `code`, `replayed`, then fields.
-pub(crate) struct Reply {
-    pub(crate) code: String,
-    pub(crate) replayed: bool,
-    fields: Vec<Value>,
-}
-
-impl Reply {
-    fn parse(values: Vec<Value>) -> Result<Self> {
-        let mut it = values.into_iter();
-        let code = it
-            .next()
-            .and_then(|v| v.text())
-            .ok_or_else(|| bad_reply("no code"))?;
-        let replayed = it.next().and_then(|v| v.int()).unwrap_or(0) == 1;
-        Ok(Self {
-            code,
-            replayed,
-            fields: it.collect(),
-        })
-    }
-
-    pub(crate) fn text(&self, i: usize) -> Result<String> {
-        self.fields
-            .get(i)
-            .and_then(Value::text)
-            .ok_or_else(|| bad_reply(&format!("{}: field {i}", self.code)))
-    }
-
-    pub(crate) fn uint(&self, i: usize) -> Result<u64> {
-        self.fields
-            .get(i)
-            .and_then(Value::int)
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(|| bad_reply(&format!("{}: field {i}", self.code)))
-    }
-
-    /// Field `i` when the reply has it (optional trailing fields).
-    fn optional_uint(&self, i: usize) -> Option<u64> {
-        self.fields
-            .get(i)
-            .and_then(Value::int)
-            .and_then(|n| u64::try_from(n).ok())
-    }
-
-    fn optional_text(&self, i: usize) -> Option<String> {
-        self.fields.get(i).and_then(Value::text)
-    }
-
-    pub(crate) fn unexpected(&self) -> Rejection {
-        bad_reply(&format!("unexpected code {}", self.code))
-    }
-}
-
-fn bad_reply(what: &str) -> Rejection {
-    Rejection::Unavailable(format!(
-        "unexpected reply from the function library: {what}"
-    ))
-}
-
-fn unavailable(e: ExecError) -> Rejection {
-    Rejection::from(e)
-}
-
 impl From<ExecError> for Rejection {
     /// A failed Redis call as the answer says it: a deployment error names its cause, any
     /// other failure keeps its cause for the log only.
@@ -511,32 +457,17 @@ impl<E: RedisExecutor> Inventory<E> {
         &self.exec
     }
 
-    pub(crate) async fn fcall(
+    /// Calls a library function (one round trip) and decodes its reply.
+    pub(crate) async fn call<F, const KEYS: usize, const ARGS: usize>(
         &self,
-        function: &str,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<Reply> {
-        let command = if matches!(
-            function,
-            "fc_stock" | "fc_order_get" | "fc_due" | "fc_fence_state"
-        ) {
-            "FCALL_RO"
-        } else {
-            "FCALL"
-        };
-        let mut all = Vec::with_capacity(2 + keys.len() + args.len());
-        all.push(function.to_owned());
-        all.push(keys.len().to_string());
-        all.extend(keys);
-        all.extend(args);
-        let reply = Reply::parse(self.exec.execute(command, all).await.map_err(unavailable)?)?;
-        // Every function that writes answers `fenced` (having written nothing) while its
-        // partition waits for settlement's check after a restart.
-        if reply.code == "fenced" {
-            return Err(Rejection::Fenced);
-        }
-        Ok(reply)
+        call: &F,
+    ) -> Result<F::Output>
+    where
+        F: Function<KEYS, ARGS>,
+    {
+        let (command, line) = functions::command(call, &self.schema);
+        let values = self.exec.execute(command, line).await?;
+        functions::decode(call, values)
     }
 
     /// The version of the library loaded in the Redis `exec` reaches, if any.
@@ -544,12 +475,9 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// When Redis cannot be reached; a missing library is `Ok(None)`.
     pub async fn loaded_version(&self) -> Result<Option<String>, ExecError> {
-        match self
-            .exec
-            .execute("FCALL_RO", vec!["fc_version".into(), "0".into()])
-            .await
-        {
-            Ok(values) => Ok(values.first().and_then(Value::text)),
+        let (command, line) = functions::command(&Version, &self.schema);
+        match self.exec.execute(command, line).await {
+            Ok(values) => Ok(functions::decode(&Version, values).ok()),
             Err(e) if e.kind == crate::exec::FailureKind::Server => Ok(None),
             Err(e) => Err(e),
         }
@@ -590,7 +518,7 @@ impl<E: RedisExecutor> Inventory<E> {
     /// with other terms, [`Rejection::Unavailable`] when Redis failed (retry the same load).
     pub async fn load_sku(&self, spec: &SkuSpec, now: Now) -> Result<LoadOutcome> {
         spec.validate()?;
-        let fp = spec.fingerprint();
+        let fingerprint = spec.fingerprint();
         let by_partition = spec.shares_by_partition(&self.schema);
         let mut outcome = LoadOutcome::Unchanged;
         for p in self.schema.partitions() {
@@ -603,34 +531,16 @@ impl<E: RedisExecutor> Inventory<E> {
                         .join(",")
                 })
                 .unwrap_or_default();
-            let reply = match self
-                .fcall(
-                    "fc_load",
-                    vec![
-                        self.schema.sku(p, &spec.sku),
-                        self.schema.events(p),
-                        self.schema.guard(p),
-                    ],
-                    vec![
-                        spec.sku.to_string(),
-                        fp.clone(),
-                        spec.stock.to_string(),
-                        spec.segment_count(&self.schema).to_string(),
-                        spec.price.to_string(),
-                        spec.currency.to_string(),
-                        spec.sale_start.to_string(),
-                        spec.sale_end.to_string(),
-                        spec.per_buyer_limit.to_string(),
-                        spec.reservation_ttl_ms.to_string(),
-                        spec.payment_window_ms.to_string(),
-                        self.schema.partition_count().to_string(),
-                        shares,
-                        now.arg(),
-                    ],
-                )
-                .await
-            {
-                Ok(reply) => reply,
+            let load = Load {
+                spec,
+                partition: p,
+                fingerprint: &fingerprint,
+                shares: &shares,
+                now,
+            };
+            match self.call(&load).await {
+                Ok(LoadOutcome::Loaded) => outcome = LoadOutcome::Loaded,
+                Ok(LoadOutcome::Unchanged) => {}
                 // The answer (a deployment error's detail) or the log (any other failure)
                 // says where the load stopped and how to finish it.
                 Err(Rejection::Unavailable(why)) => {
@@ -640,12 +550,6 @@ impl<E: RedisExecutor> Inventory<E> {
                     return Err(Rejection::Unreachable(self.stopped_at(p, &why)));
                 }
                 Err(other) => return Err(other),
-            };
-            match reply.code.as_str() {
-                "loaded" => outcome = LoadOutcome::Loaded,
-                "unchanged" => {}
-                "conflict" => return Err(Rejection::SkuConflict),
-                _ => return Err(reply.unexpected()),
             }
         }
         Ok(outcome)
@@ -771,43 +675,16 @@ impl<E: RedisExecutor> Inventory<E> {
         skip: &str,
         now: Now,
     ) -> (Result<HomeStep>, Sighting) {
-        let home = self.schema.home_of_buyer(&req.buyer);
-        let rid = home_record(req, home);
-        let (capacity, step_us) = self
-            .settings
-            .buyer_rate
-            .map_or((0, 0), |r| (r.capacity, r.step_us()));
-        let reply = self
-            .fcall(
-                "fc_reserve",
-                vec![
-                    self.schema.sku(home, &req.sku),
-                    self.schema.purchase_count(&req.sku, &req.buyer),
-                    self.schema.reservation(&rid),
-                    self.schema.events(home),
-                    self.schema.expiries(home),
-                    self.schema.buyer_bucket(&req.buyer),
-                    self.schema.guard(home),
-                ],
-                vec![
-                    req.sku.to_string(),
-                    req.buyer.to_string(),
-                    req.fingerprint.clone(),
-                    req.quantity.get().to_string(),
-                    now.arg(),
-                    rid.to_string(),
-                    self.settings.idempotency_ttl_ms.to_string(),
-                    self.settings.fallback_lease_ms.to_string(),
-                    affinity_of(&req.buyer).to_string(),
-                    capacity.to_string(),
-                    step_us.to_string(),
-                    skip.to_owned(),
-                    self.schema.first_segment_in(&req.sku, home).to_string(),
-                ],
-            )
-            .await;
-        match reply {
-            Ok(reply) => (home_outcome(&reply, skip), Sighting::of_home(&reply)),
+        let record = home_record(req, self.schema.home_of_buyer(&req.buyer));
+        let call = Reserve {
+            req,
+            record: &record,
+            skip,
+            now,
+            settings: &self.settings,
+        };
+        match self.call(&call).await {
+            Ok(decided) => decided,
             Err(e) => (Err(e), Sighting::default()),
         }
     }
@@ -828,41 +705,14 @@ impl<E: RedisExecutor> Inventory<E> {
         now: Now,
     ) -> Result<(Search, Option<u64>)> {
         let token = HoldToken::derive(&req.buyer, &req.key);
-        let rid = ReservationId::new(p, token.clone(), req.sku.clone());
-        let reply = self
-            .fcall(
-                "fc_reserve_at",
-                vec![
-                    self.schema.sku(p, &req.sku),
-                    self.schema.reservation(&rid),
-                    self.schema.skip(p, &token),
-                    self.schema.events(p),
-                    self.schema.expiries(p),
-                    self.schema.guard(p),
-                ],
-                vec![
-                    req.sku.to_string(),
-                    req.buyer.to_string(),
-                    req.quantity.get().to_string(),
-                    now.arg(),
-                    rid.to_string(),
-                    self.settings.idempotency_ttl_ms.to_string(),
-                    affinity_of(&req.buyer).to_string(),
-                    self.schema.first_segment_in(&req.sku, p).to_string(),
-                ],
-            )
-            .await?;
-        match reply.code.as_str() {
-            "ok" => Ok((
-                Search::Found(reservation_from(&reply)?),
-                reply.optional_uint(3),
-            )),
-            "insufficient" => Ok((Search::Insufficient, reply.optional_uint(0))),
-            "sold_out" => Ok((Search::SoldOut, reply.optional_uint(0))),
-            // A partition not loaded yet (a load under way) has nothing to give.
-            "unknown_sku" => Ok((Search::SoldOut, None)),
-            _ => Err(reply.unexpected()),
-        }
+        let record = ReservationId::new(p, token, req.sku.clone());
+        self.call(&ReserveAt {
+            req,
+            record: &record,
+            now,
+            idempotency_ttl_ms: self.settings.idempotency_ttl_ms,
+        })
+        .await
     }
 
     /// Step 3: record the search's outcome in the buyer's home partition (a failed search
@@ -875,41 +725,14 @@ impl<E: RedisExecutor> Inventory<E> {
         req: &ReserveRequest,
         search: &Search,
     ) -> Result<Reservation> {
-        let home = self.schema.home_of_buyer(&req.buyer);
-        let record = home_record(req, home);
-        let mut args = match search {
-            Search::Found(r) => vec![
-                "ok".into(),
-                r.id.to_string(),
-                r.segment.to_string(),
-                r.expires_at.to_string(),
-            ],
-            Search::Insufficient => vec![
-                "insufficient".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ],
-            Search::SoldOut => vec![
-                "sold_out".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ],
-        };
-        args.push(self.settings.idempotency_ttl_ms.to_string());
-        let reply = self
-            .fcall(
-                "fc_reserve_finish",
-                vec![
-                    self.schema.reservation(&record),
-                    self.schema.purchase_count(&req.sku, &req.buyer),
-                    self.schema.guard(home),
-                ],
-                args,
-            )
-            .await?;
-        reservation_from(&reply)
+        let record = home_record(req, self.schema.home_of_buyer(&req.buyer));
+        self.call(&ReserveFinish {
+            req,
+            record: &record,
+            search,
+            idempotency_ttl_ms: self.settings.idempotency_ttl_ms,
+        })
+        .await
     }
 
     /// Gives a reservation's units back.
@@ -922,40 +745,14 @@ impl<E: RedisExecutor> Inventory<E> {
         reason: ReleaseReason,
         now: Now,
     ) -> Result<ReleaseOutcome> {
-        let p = self.check_partition(id.partition())?;
-        // The name the event records, from the stream's one contract.
-        let reason = crate::event::release_reason_name(reason);
-        let reply = self
-            .fcall(
-                "fc_release",
-                vec![
-                    self.schema.sku(p, id.sku()),
-                    self.schema.reservation(id),
-                    self.schema.events(p),
-                    self.schema.expiries(p),
-                    self.schema.guard(p),
-                ],
-                vec![
-                    id.to_string(),
-                    reason.into(),
-                    now.arg(),
-                    self.settings.released_keep_ms.to_string(),
-                ],
-            )
-            .await?;
-        match reply.code.as_str() {
-            "released" => Ok(ReleaseOutcome::Released {
-                quantity: reply.uint(0)?,
-            }),
-            "not_due" => Ok(ReleaseOutcome::NotDue {
-                expires_at: reply.uint(0)?,
-            }),
-            "not_active" => Ok(ReleaseOutcome::NotActive {
-                state: reply.text(0)?,
-            }),
-            "unknown_reservation" => Err(Rejection::UnknownReservation),
-            _ => Err(reply.unexpected()),
-        }
+        self.check_partition(id.partition())?;
+        self.call(&Release {
+            id,
+            reason,
+            now,
+            keep_ms: self.settings.released_keep_ms,
+        })
+        .await
     }
 
     /// Turns an active reservation into an order awaiting payment. Replays with the same key
@@ -979,7 +776,15 @@ impl<E: RedisExecutor> Inventory<E> {
             )
             .await?;
         }
-        let created = self.create_order_in(p, req, now).await;
+        let order = req.reservation.order_id();
+        let created = self
+            .call(&OrderCreate {
+                req,
+                order: &order,
+                now,
+                idempotency_ttl_ms: self.settings.idempotency_ttl_ms,
+            })
+            .await;
         if let (Some((home, claim)), Err(e)) = (&claim, &created)
             && e.decided_nothing()
         {
@@ -988,80 +793,32 @@ impl<E: RedisExecutor> Inventory<E> {
         created
     }
 
-    async fn create_order_in(&self, p: Partition, req: &OrderRequest, now: Now) -> Result<Order> {
-        let id = &req.reservation;
-        let oid = id.order_id();
-        let reply = self
-            .fcall(
-                "fc_order_create",
-                vec![
-                    self.schema.sku(p, id.sku()),
-                    self.schema.reservation(id),
-                    self.schema.order(&oid),
-                    self.schema.idempotency(p, "ord", &req.buyer, &req.key),
-                    self.schema.events(p),
-                    self.schema.expiries(p),
-                    self.schema.deadlines(p),
-                    self.schema.guard(p),
-                ],
-                vec![
-                    id.to_string(),
-                    oid.to_string(),
-                    req.buyer.to_string(),
-                    req.fingerprint.clone(),
-                    now.arg(),
-                    self.settings.idempotency_ttl_ms.to_string(),
-                ],
-            )
-            .await?;
-        match reply.code.as_str() {
-            "ok" => order_from(&reply),
-            "unknown_reservation" => Err(Rejection::UnknownReservation),
-            "reservation_gone" => Err(Rejection::ReservationGone),
-            "already_ordered" => Err(Rejection::AlreadyOrdered {
-                order_id: reply.text(0)?,
-            }),
-            "idem_mismatch" => Err(Rejection::IdempotencyMismatch),
-            _ => Err(reply.unexpected()),
-        }
-    }
-
     /// Binds an idempotency key to the request that first used it ([`KeySchema::order_claim`],
     /// [`KeySchema::psp_claim`]): a replay passes, another request with the key is refused.
     async fn claim_key(
         &self,
-        p: Partition,
+        partition: Partition,
         key: &str,
         fingerprint: &str,
         ttl_ms: u64,
     ) -> Result<()> {
-        let reply = self
-            .fcall(
-                "fc_idem_claim",
-                vec![key.to_owned(), self.schema.guard(p)],
-                vec![fingerprint.to_owned(), ttl_ms.to_string()],
-            )
-            .await?;
-        match reply.code.as_str() {
-            "claimed" | "same" => Ok(()),
-            "idem_mismatch" => Err(Rejection::IdempotencyMismatch),
-            _ => Err(reply.unexpected()),
-        }
+        self.call(&IdemClaim {
+            partition,
+            key,
+            fingerprint,
+            ttl_ms,
+        })
+        .await
     }
 
     /// Gives back a claim whose request was refused before anything was decided.
-    async fn release_key(&self, p: Partition, key: &str, fingerprint: &str) -> Result<()> {
-        let reply = self
-            .fcall(
-                "fc_idem_release",
-                vec![key.to_owned(), self.schema.guard(p)],
-                vec![fingerprint.to_owned()],
-            )
-            .await?;
-        match reply.code.as_str() {
-            "released" | "kept" => Ok(()),
-            _ => Err(reply.unexpected()),
-        }
+    async fn release_key(&self, partition: Partition, key: &str, fingerprint: &str) -> Result<()> {
+        self.call(&IdemRelease {
+            partition,
+            key,
+            fingerprint,
+        })
+        .await
     }
 
     /// An order's current record.
@@ -1070,14 +827,7 @@ impl<E: RedisExecutor> Inventory<E> {
     /// [`Rejection::UnknownOrder`], or unavailable.
     pub async fn order(&self, id: &OrderId) -> Result<Order> {
         self.check_partition(id.partition())?;
-        let reply = self
-            .fcall("fc_order_get", vec![self.schema.order(id)], vec![])
-            .await?;
-        match reply.code.as_str() {
-            "ok" => order_from(&reply),
-            "unknown_order" => Err(Rejection::UnknownOrder),
-            _ => Err(reply.unexpected()),
-        }
+        self.call(&OrderGet { id }).await
     }
 
     /// Applies a payment provider's event. Every outcome but an unknown order is recorded
@@ -1090,7 +840,7 @@ impl<E: RedisExecutor> Inventory<E> {
         notice: &PaymentNotice,
         now: Now,
     ) -> Result<(PaymentOutcome, bool)> {
-        let p = self.check_partition(notice.order.partition())?;
+        self.check_partition(notice.order.partition())?;
         // The event id is bound to this payment in its own partition first: the same id for
         // another order (in any partition) is refused, a replay passes.
         let at = self.schema.home_of_psp_event(&notice.event_id);
@@ -1098,52 +848,19 @@ impl<E: RedisExecutor> Inventory<E> {
         let fingerprint = notice.fingerprint();
         self.claim_key(at, &claim, &fingerprint, self.settings.psp_event_ttl_ms)
             .await?;
-        let applied = self.apply_payment_in(p, notice, now).await;
+        let applied = self
+            .call(&Payment {
+                notice,
+                now,
+                psp_event_ttl_ms: self.settings.psp_event_ttl_ms,
+            })
+            .await;
         if let Err(e) = &applied
             && e.decided_nothing()
         {
             self.release_key(at, &claim, &fingerprint).await?;
         }
         applied
-    }
-
-    async fn apply_payment_in(
-        &self,
-        p: Partition,
-        notice: &PaymentNotice,
-        now: Now,
-    ) -> Result<(PaymentOutcome, bool)> {
-        let id = &notice.order;
-        let reply = self
-            .fcall(
-                "fc_payment",
-                vec![
-                    self.schema.sku(p, id.sku()),
-                    self.schema.order(id),
-                    self.schema.psp_event(p, &notice.event_id),
-                    self.schema.events(p),
-                    self.schema.deadlines(p),
-                    self.schema.guard(p),
-                ],
-                vec![
-                    id.to_string(),
-                    notice.event_id.to_string(),
-                    notice.amount.to_string(),
-                    notice.currency.to_string(),
-                    now.arg(),
-                    self.settings.psp_event_ttl_ms.to_string(),
-                ],
-            )
-            .await?;
-        let outcome = match reply.code.as_str() {
-            "paid" => PaymentOutcome::Paid,
-            "paid_after_cancel" => PaymentOutcome::PaidAfterCancel,
-            "amount_mismatch" => PaymentOutcome::AmountMismatch,
-            "duplicate_payment" => PaymentOutcome::DuplicatePayment,
-            "unknown_order" => return Err(Rejection::UnknownOrder),
-            _ => return Err(reply.unexpected()),
-        };
-        Ok((outcome, reply.replayed))
     }
 
     /// Cancels an unpaid order and gives its units back.
@@ -1157,32 +874,8 @@ impl<E: RedisExecutor> Inventory<E> {
         reason: CancelReason,
         now: Now,
     ) -> Result<CancelOutcome> {
-        let p = self.check_partition(id.partition())?;
-        let reason = crate::event::cancel_reason_name(reason);
-        let reply = self
-            .fcall(
-                "fc_order_cancel",
-                vec![
-                    self.schema.sku(p, id.sku()),
-                    self.schema.order(id),
-                    self.schema.events(p),
-                    self.schema.deadlines(p),
-                    self.schema.guard(p),
-                ],
-                vec![id.to_string(), reason.into(), now.arg()],
-            )
-            .await?;
-        match reply.code.as_str() {
-            "cancelled" => Ok(CancelOutcome::Cancelled),
-            "not_due" => Ok(CancelOutcome::NotDue {
-                deadline: reply.uint(0)?,
-            }),
-            "illegal" => Err(Rejection::IllegalTransition {
-                state: reply.text(0)?,
-            }),
-            "unknown_order" => Err(Rejection::UnknownOrder),
-            _ => Err(reply.unexpected()),
-        }
+        self.check_partition(id.partition())?;
+        self.call(&OrderCancel { id, reason, now }).await
     }
 
     /// Requests a refund of a paid (or paid-after-cancel) order.
@@ -1202,26 +895,8 @@ impl<E: RedisExecutor> Inventory<E> {
     }
 
     async fn refund_step(&self, id: &OrderId, event: OrderEvent, now: Now) -> Result<OrderState> {
-        let p = self.check_partition(id.partition())?;
-        let reply = self
-            .fcall(
-                "fc_refund",
-                vec![
-                    self.schema.order(id),
-                    self.schema.events(p),
-                    self.schema.guard(p),
-                ],
-                vec![event.as_str().into(), now.arg()],
-            )
-            .await?;
-        match reply.code.as_str() {
-            "ok" => OrderState::parse(&reply.text(0)?).ok_or_else(|| reply.unexpected()),
-            "illegal" => Err(Rejection::IllegalTransition {
-                state: reply.text(0)?,
-            }),
-            "unknown_order" => Err(Rejection::UnknownOrder),
-            _ => Err(reply.unexpected()),
-        }
+        self.check_partition(id.partition())?;
+        self.call(&Refund { id, event, now }).await
     }
 
     /// A SKU's terms and every segment's levels.
@@ -1230,28 +905,26 @@ impl<E: RedisExecutor> Inventory<E> {
     /// [`Rejection::UnknownSku`], or unavailable.
     pub async fn stock(&self, sku: &SkuId) -> Result<StockLevels> {
         let home = self.schema.home_of_sku(sku);
-        let first = self
-            .fcall("fc_stock", vec![self.schema.sku(home, sku)], vec![])
-            .await?;
-        let terms = match first.code.as_str() {
-            "ok" => terms_from(&first)?,
-            "unknown_sku" => return Err(Rejection::UnknownSku),
-            _ => return Err(first.unexpected()),
+        let Some((terms, mut segments)) = self
+            .call(&Stock {
+                sku,
+                partition: home,
+            })
+            .await?
+        else {
+            return Err(Rejection::UnknownSku);
         };
-        let mut segments = levels_from(&first, home)?;
         for p in self
             .schema
             .sku_partitions(sku, terms.segments)
             .into_iter()
             .skip(1)
         {
-            let reply = self
-                .fcall("fc_stock", vec![self.schema.sku(p, sku)], vec![])
-                .await?;
-            if reply.code != "ok" {
-                return Err(reply.unexpected());
-            }
-            segments.extend(levels_from(&reply, p)?);
+            // Every partition of a loaded SKU holds its terms.
+            let Some((_, levels)) = self.call(&Stock { sku, partition: p }).await? else {
+                return Err(functions::unexpected_code("unknown_sku"));
+            };
+            segments.extend(levels);
         }
         segments.sort_by_key(|s| s.segment);
         Ok(StockLevels { terms, segments })
@@ -1263,13 +936,9 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// [`Rejection::UnknownSku`], or unavailable.
     pub async fn available_in(&self, sku: &SkuId, p: Partition) -> Result<u64> {
-        let reply = self
-            .fcall("fc_stock", vec![self.schema.sku(p, sku)], vec![])
-            .await?;
-        match reply.code.as_str() {
-            "ok" => Ok(levels_from(&reply, p)?.iter().map(|s| s.available).sum()),
-            "unknown_sku" => Err(Rejection::UnknownSku),
-            _ => Err(reply.unexpected()),
+        match self.call(&Stock { sku, partition: p }).await? {
+            Some((_, levels)) => Ok(levels.iter().map(|s| s.available).sum()),
+            None => Err(Rejection::UnknownSku),
         }
     }
 
@@ -1283,12 +952,13 @@ impl<E: RedisExecutor> Inventory<E> {
         now: Now,
         limit: usize,
     ) -> Result<Vec<ReservationId>> {
-        self.due(
-            self.schema.expiries(partition),
+        self.call(&Due {
+            timers: KeySchema::expiries,
+            partition,
             now,
             limit,
-            ReservationId::parse,
-        )
+            parse: ReservationId::parse,
+        })
         .await
     }
 
@@ -1302,26 +972,14 @@ impl<E: RedisExecutor> Inventory<E> {
         now: Now,
         limit: usize,
     ) -> Result<Vec<OrderId>> {
-        self.due(self.schema.deadlines(partition), now, limit, OrderId::parse)
-            .await
-    }
-
-    async fn due<T>(
-        &self,
-        key: String,
-        now: Now,
-        limit: usize,
-        parse: fn(&str) -> Result<T, crate::ids::ValidationError>,
-    ) -> Result<Vec<T>> {
-        let reply = self
-            .fcall("fc_due", vec![key], vec![now.arg(), limit.to_string()])
-            .await?;
-        if reply.code != "ok" {
-            return Err(reply.unexpected());
-        }
-        (0..reply.fields.len())
-            .map(|i| parse(&reply.text(i)?).map_err(|_| reply.unexpected()))
-            .collect()
+        self.call(&Due {
+            timers: KeySchema::deadlines,
+            partition,
+            now,
+            limit,
+            parse: OrderId::parse,
+        })
+        .await
     }
 
     fn check_partition(&self, p: Partition) -> Result<Partition> {
@@ -1333,160 +991,5 @@ impl<E: RedisExecutor> Inventory<E> {
                 format!("names partition {p}, which does not exist here"),
             )))
         }
-    }
-}
-
-/// The id of the reservation a request makes in its buyer's home partition `home`; its key
-/// holds the request's record whatever the request decided (see `fc_reserve`).
-fn home_record(req: &ReserveRequest, home: Partition) -> ReservationId {
-    ReservationId::new(
-        home,
-        HoldToken::derive(&req.buyer, &req.key),
-        req.sku.clone(),
-    )
-}
-
-fn affinity_of(buyer: &BuyerId) -> u32 {
-    let d = crate::digest(&[b"affinity", buyer.as_str().as_bytes()]);
-    u32::from(u16::from_be_bytes([d[0], d[1]]))
-}
-
-fn order_from(reply: &Reply) -> Result<Order> {
-    let bad = || reply.unexpected();
-    Ok(Order {
-        id: OrderId::parse(&reply.text(0)?).map_err(|_| bad())?,
-        state: OrderState::parse(&reply.text(1)?).ok_or_else(bad)?,
-        sku: reply.text(2)?,
-        quantity: reply.uint(3)?,
-        amount: reply.uint(4)?,
-        currency: reply.text(5)?,
-        payment_deadline: reply.uint(6)?,
-        reservation: reply.text(7)?,
-        buyer: reply.text(8)?,
-        replayed: reply.replayed,
-    })
-}
-
-fn terms_from(reply: &Reply) -> Result<SkuTerms> {
-    Ok(SkuTerms {
-        stock: reply.uint(0)?,
-        segments: u16::try_from(reply.uint(1)?).map_err(|_| reply.unexpected())?,
-        price: reply.uint(2)?,
-        currency: reply.text(3)?,
-        sale_start: reply.uint(4)?,
-        sale_end: reply.uint(5)?,
-        per_buyer_limit: reply.uint(6)?,
-        reservation_ttl_ms: reply.uint(7)?,
-        payment_window_ms: reply.uint(8)?,
-    })
-}
-
-/// Segment levels after the terms: field 10 is the count, then 6 numbers per segment.
-fn levels_from(reply: &Reply, p: Partition) -> Result<Vec<SegmentLevel>> {
-    let count = usize::try_from(reply.uint(10)?).map_err(|_| reply.unexpected())?;
-    (0..count)
-        .map(|k| {
-            let at = 11 + k * 6;
-            Ok(SegmentLevel {
-                segment: u16::try_from(reply.uint(at)?).map_err(|_| reply.unexpected())?,
-                partition: p.index(),
-                initial: reply.uint(at + 1)?,
-                available: reply.uint(at + 2)?,
-                reserved: reply.uint(at + 3)?,
-                ordered: reply.uint(at + 4)?,
-                sold: reply.uint(at + 5)?,
-            })
-        })
-        .collect()
-}
-
-/// What a home step's reply told about the home partition.
-#[derive(Debug, Default)]
-struct Sighting {
-    /// Units left there afterwards (fresh decisions only: a replay tells nothing of now).
-    left: Option<u64>,
-    /// The SKU's segment count.
-    segments: Option<u16>,
-}
-
-impl Sighting {
-    fn of_home(reply: &Reply) -> Self {
-        let segments = |i: usize| reply.optional_uint(i).and_then(|n| u16::try_from(n).ok());
-        match reply.code.as_str() {
-            // ok(rid seg expires left segs); a replay carries the first three only.
-            "ok" => Self {
-                left: reply.optional_uint(3),
-                segments: segments(4),
-            },
-            // fallback(segs left), resume(segs skip)
-            "fallback" => Self {
-                left: reply.optional_uint(1),
-                segments: segments(0),
-            },
-            "resume" => Self {
-                left: None,
-                segments: segments(0),
-            },
-            // A decision without stock at home: sold_out(left), insufficient(left).
-            "sold_out" | "insufficient" if !reply.replayed => Self {
-                left: reply.optional_uint(0),
-                segments: None,
-            },
-            _ => Self::default(),
-        }
-    }
-}
-
-/// The outcome of `fc_reserve`'s reply. `skip` is the argument the call was made with.
-fn home_outcome(reply: &Reply, skip: &str) -> Result<HomeStep> {
-    let segments = |i| u16::try_from(reply.uint(i)?).map_err(|_| reply.unexpected());
-    match reply.code.as_str() {
-        "fallback" => Ok(HomeStep::LookElsewhere {
-            segments: segments(0)?,
-            skip: parse_skip(skip).ok_or_else(|| reply.unexpected())?,
-        }),
-        "resume" => Ok(HomeStep::LookElsewhere {
-            segments: segments(0)?,
-            skip: parse_skip(&reply.optional_text(1).unwrap_or_default())
-                .ok_or_else(|| reply.unexpected())?,
-        }),
-        _ => reservation_from(reply).map(HomeStep::Decided),
-    }
-}
-
-/// A `skip` list as `fc_reserve` keeps it: partition numbers joined by commas.
-fn parse_skip(skip: &str) -> Option<Vec<Partition>> {
-    skip.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().ok().map(Partition::new))
-        .collect()
-}
-
-fn reservation_from(reply: &Reply) -> Result<Reservation> {
-    match reply.code.as_str() {
-        "ok" => Ok(Reservation {
-            id: ReservationId::parse(&reply.text(0)?).map_err(|_| reply.unexpected())?,
-            segment: u16::try_from(reply.uint(1)?).map_err(|_| reply.unexpected())?,
-            expires_at: reply.uint(2)?,
-            replayed: reply.replayed,
-        }),
-        "sold_out" => Err(Rejection::SoldOut),
-        "insufficient" => Err(Rejection::Insufficient),
-        "limit_reached" => Err(Rejection::LimitReached {
-            remaining: reply.uint(0)?,
-        }),
-        "unknown_sku" => Err(Rejection::UnknownSku),
-        "not_on_sale" => Err(Rejection::NotOnSale {
-            starts_at: reply.uint(0)?,
-        }),
-        "sale_ended" => Err(Rejection::SaleEnded),
-        "idem_mismatch" => Err(Rejection::IdempotencyMismatch),
-        "in_flight" => Err(Rejection::IdempotencyInFlight),
-        // rate_limited(remaining retry_after_ms): a refusal finds less than one token, so
-        // `remaining` is 0 with a cost of 1.
-        "rate_limited" => Err(Rejection::RateLimited {
-            retry_after_ms: reply.uint(1)?,
-        }),
-        _ => Err(reply.unexpected()),
     }
 }
