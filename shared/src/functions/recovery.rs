@@ -2,6 +2,7 @@
 //! `fc_fence_state`, and the `fc_restore_*` functions that write what the ledger knows into a
 //! fenced partition.
 
+use super::stock::LOAD;
 use super::{Access, Function, Reply, Result, Spec};
 use crate::ids::{BuyerId, OrderId, PspEventId, ReservationId, SkuId};
 use crate::inventory::PaymentOutcome;
@@ -38,21 +39,9 @@ pub const RESTORE_SKU: Spec = Spec {
     name: "fc_restore_sku",
     access: Access::Restore,
     keys: &["sku", "guard"],
-    args: &[
-        "sku",
-        "fingerprint",
-        "stock",
-        "segs",
-        "price",
-        "cur",
-        "start",
-        "end",
-        "limit",
-        "ttl",
-        "paywin",
-        "parts",
-        "levels",
-    ],
+    // `fc_load`'s arguments but `now`; its `shares` carry every level:
+    // `seg:initial:available:reserved:ordered:sold`, joined by commas.
+    args: LOAD.args.split_at(13).0,
 };
 
 /// `fc_restore_reservation`: a reservation's record and its expiry timer while active.
@@ -235,7 +224,7 @@ impl Function<2, 13> for RestoreSku<'_> {
 
     fn args(&self, schema: &KeySchema) -> [String; 13] {
         let (image, t) = (self.image, &self.image.terms);
-        let levels: Vec<String> = image
+        let shares: Vec<String> = image
             .segments
             .iter()
             .map(|s| {
@@ -258,7 +247,7 @@ impl Function<2, 13> for RestoreSku<'_> {
             t.reservation_ttl_ms.to_string(),
             t.payment_window_ms.to_string(),
             schema.partition_count().to_string(),
-            levels.join(","),
+            shares.join(","),
         ]
     }
 
