@@ -1,31 +1,31 @@
 //! `PUT /v1/admin/skus/{sku}` (load, preheat) and `GET /v1/admin/skus/{sku}` (full state),
 //! behind the admin bearer token.
 
-use std::fmt;
-
 use flashcart_core::ids::{SkuId, ValidationError};
 use flashcart_core::inventory::LoadOutcome;
 use flashcart_core::sku::SkuSpec;
 use flashcart_core::{Now, RedisExecutor, Rejection};
 use flashcart_edge_cache::{Clock, KvStore};
 use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::{ApiRequest, ApiResponse, Edge, StockView, http, respond};
 
-/// A secret that never prints itself (the admin token).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// The admin token, in `secrecy`'s box: its `Debug` is redacted and it is zeroed when
+/// dropped. Built from the text the deployment gives (a Spin variable).
+#[derive(Clone, Debug)]
+pub struct Secret(SecretString);
 
 impl Secret {
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(SecretString::from(value.into()))
     }
 }
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
+impl ExposeSecret<str> for Secret {
+    fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
     }
 }
 
@@ -37,7 +37,7 @@ fn same_secret(given: &str, expected: &Secret) -> bool {
         m.update(v.as_bytes());
         m
     };
-    tag(&expected.0)
+    tag(expected.expose_secret())
         .verify_slice(&tag(given).finalize().into_bytes())
         .is_ok()
 }
@@ -111,5 +111,31 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
                 "invariant_holds": levels.invariant_holds(),
             }),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_token_never_prints_itself() {
+        let token = Secret::new("tok-3f9a");
+        let config = crate::EdgeConfig {
+            admin_token: Some(token.clone()),
+            ..crate::EdgeConfig::default()
+        };
+        for shown in [format!("{token:?}"), format!("{config:?}")] {
+            assert!(!shown.contains("tok-3f9a"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn only_the_same_token_passes() {
+        let token = Secret::new("tok-3f9a");
+        assert!(same_secret("tok-3f9a", &token));
+        for wrong in ["", "tok-3f9", "tok-3f9ab", "TOK-3F9A"] {
+            assert!(!same_secret(wrong, &token), "{wrong:?}");
+        }
     }
 }
