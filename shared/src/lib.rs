@@ -9,6 +9,8 @@
 //! - [`order`]: the order state machine, a pure function
 //! - [`problem`]: RFC 9457 problem details and the domain's rejections
 //! - [`library`]: the Redis function library (Lua) and its version
+//! - [`functions`]: the library's functions as one typed table: name, read-only flag, keys,
+//!   arguments and reply decoder of each
 //! - [`inventory`]: the operations (load, reserve, order, pay, cancel, release, stock)
 //! - [`recovery`]: the ledger guard, the fence after a restart, and restoring from the ledger
 //! - [`signature`]: the payment provider's webhook signature (Stripe-compatible)
@@ -18,6 +20,7 @@
 
 pub mod event;
 pub mod exec;
+pub mod functions;
 pub mod ids;
 pub mod inventory;
 pub mod keys;

@@ -52,32 +52,4 @@ mod tests {
         assert!(src.contains(version()));
         assert!(src.contains("cancelled = { payment = 'paid_after_cancel', }"));
     }
-
-    /// Every function that writes (registered without the `ro` flags) refuses to write to a
-    /// fenced partition before anything else, but settlement's own side of the fence.
-    #[test]
-    fn every_writing_function_checks_the_fence_first() {
-        const RECOVERY: [&str; 3] = ["fc_guard", "fc_verify", "fc_restore_"];
-        let src = source();
-        let writers: Vec<&str> = src
-            .lines()
-            .filter_map(|l| l.strip_prefix("redis.register_function('"))
-            .filter_map(|l| l.split('\'').next())
-            .collect();
-        assert!(writers.len() >= 10, "{writers:?}");
-        for name in writers {
-            if RECOVERY.iter().any(|r| name.starts_with(r)) {
-                continue;
-            }
-            let body = src
-                .split_once(&format!("local function {name}(keys, args)\n"))
-                .map(|(_, rest)| rest.lines().next().unwrap_or_default())
-                .unwrap_or_else(|| panic!("{name} is not defined as (keys, args)"));
-            assert_eq!(
-                body.trim(),
-                "if fenced(keys[#keys]) then return { 'fenced', 0 } end",
-                "{name}"
-            );
-        }
-    }
 }

@@ -12,8 +12,12 @@
 //!   id past the ledger's ([`Inventory::restore_stream`]), and verifies again.
 
 use crate::exec::RedisExecutor;
+use crate::functions::recovery::{
+    FenceState, Guard, RestoreCount, RestoreDecision, RestoreOrder, RestorePayment,
+    RestoreReservation, RestoreSku, RestoreStream, Verify,
+};
 use crate::ids::{BuyerId, OrderId, PspEventId, ReservationId, SkuId};
-use crate::inventory::{Inventory, PaymentOutcome, Reply, Result, SegmentLevel, SkuTerms};
+use crate::inventory::{Inventory, PaymentOutcome, Result, SegmentLevel, SkuTerms};
 use crate::keys::Partition;
 use crate::order::OrderState;
 
@@ -146,14 +150,6 @@ pub struct OrderImage {
     pub cancelled_at: Option<u64>,
 }
 
-fn restored(reply: &Reply) -> Result<Restored> {
-    match reply.code.as_str() {
-        "restored" => Ok(Restored::Written),
-        "not_fenced" => Ok(Restored::NotFenced),
-        _ => Err(reply.unexpected()),
-    }
-}
-
 impl<E: RedisExecutor> Inventory<E> {
     /// Marks partition `p` as settled into a ledger. `ledger_has_events`: the ledger already
     /// holds events of `p`, so a missing guard means Redis lost it, and `p` is fenced now.
@@ -161,19 +157,11 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// Unavailable.
     pub async fn guard(&self, p: Partition, ledger_has_events: bool) -> Result<Guarded> {
-        let lost = if ledger_has_events { "1" } else { "0" };
-        let reply = self
-            .fcall(
-                "fc_guard",
-                vec![self.schema().guard(p)],
-                vec![lost.to_owned()],
-            )
-            .await?;
-        match (reply.code.as_str(), reply.replayed) {
-            ("guarded", false) => Ok(Guarded::New),
-            ("guarded", true) => Ok(Guarded::Existing),
-            _ => Err(reply.unexpected()),
-        }
+        self.call(&Guard {
+            partition: p,
+            ledger_has_events,
+        })
+        .await
     }
 
     /// Lifts `p`'s fence if its stream did not go back in time: its last id is at or above
@@ -182,21 +170,11 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// Unavailable.
     pub async fn verify(&self, p: Partition, highest: Option<&str>) -> Result<Verified> {
-        let reply = self
-            .fcall(
-                "fc_verify",
-                vec![self.schema().guard(p), self.schema().events(p)],
-                vec![highest.unwrap_or_default().to_owned()],
-            )
-            .await?;
-        match reply.code.as_str() {
-            "verified" if !reply.replayed => Ok(Verified::Lifted),
-            "verified" => Ok(Verified::Open),
-            "behind" => Ok(Verified::Behind {
-                last: reply.text(0).ok().filter(|s| !s.is_empty()),
-            }),
-            _ => Err(reply.unexpected()),
-        }
+        self.call(&Verify {
+            partition: p,
+            highest,
+        })
+        .await
     }
 
     /// Whether writes to `p` are fenced now (read-only).
@@ -204,13 +182,7 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// Unavailable.
     pub async fn is_fenced(&self, p: Partition) -> Result<bool> {
-        let reply = self
-            .fcall("fc_fence_state", vec![self.schema().guard(p)], vec![])
-            .await?;
-        match reply.code.as_str() {
-            "ok" => Ok(reply.uint(0)? == 1),
-            _ => Err(reply.unexpected()),
-        }
+        self.call(&FenceState { partition: p }).await
     }
 
     /// Writes one partition's copy of a SKU (terms and the levels of its segments there).
@@ -218,39 +190,11 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// Unavailable.
     pub async fn restore_sku(&self, p: Partition, image: &SkuImage) -> Result<Restored> {
-        let t = &image.terms;
-        let shares: Vec<String> = image
-            .segments
-            .iter()
-            .map(|s| {
-                format!(
-                    "{}:{}:{}:{}:{}:{}",
-                    s.segment, s.initial, s.available, s.reserved, s.ordered, s.sold
-                )
-            })
-            .collect();
-        let reply = self
-            .fcall(
-                "fc_restore_sku",
-                vec![self.schema().sku(p, &image.sku), self.schema().guard(p)],
-                vec![
-                    image.sku.to_string(),
-                    image.fingerprint.clone(),
-                    t.stock.to_string(),
-                    t.segments.to_string(),
-                    t.price.to_string(),
-                    t.currency.clone(),
-                    t.sale_start.to_string(),
-                    t.sale_end.to_string(),
-                    t.per_buyer_limit.to_string(),
-                    t.reservation_ttl_ms.to_string(),
-                    t.payment_window_ms.to_string(),
-                    self.schema().partition_count().to_string(),
-                    shares.join(","),
-                ],
-            )
-            .await?;
-        restored(&reply)
+        self.call(&RestoreSku {
+            partition: p,
+            image,
+        })
+        .await
     }
 
     /// Writes a reservation record (and its expiry timer while active).
@@ -258,29 +202,7 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// Unavailable.
     pub async fn restore_reservation(&self, r: &ReservationImage) -> Result<Restored> {
-        let p = r.id.partition();
-        let reply = self
-            .fcall(
-                "fc_restore_reservation",
-                vec![
-                    self.schema().reservation(&r.id),
-                    self.schema().expiries(p),
-                    self.schema().guard(p),
-                ],
-                vec![
-                    r.id.to_string(),
-                    r.state.as_str().to_owned(),
-                    r.segment.to_string(),
-                    r.quantity.to_string(),
-                    r.expires_at.to_string(),
-                    r.buyer.to_string(),
-                    r.keep_ms
-                        .map(|ms| ms.max(1).to_string())
-                        .unwrap_or_default(),
-                ],
-            )
-            .await?;
-        restored(&reply)
+        self.call(&RestoreReservation { image: r }).await
     }
 
     /// Writes the decision a reserve took for `found`, a reservation a fallback search found
@@ -297,22 +219,12 @@ impl<E: RedisExecutor> Inventory<E> {
     ) -> Result<Restored> {
         let home = self.schema().home_of_buyer(&found.buyer);
         let record = ReservationId::new(home, found.id.token().clone(), found.id.sku().clone());
-        let reply = self
-            .fcall(
-                "fc_restore_decision",
-                vec![
-                    self.schema().reservation(&record),
-                    self.schema().guard(home),
-                ],
-                vec![
-                    found.id.to_string(),
-                    found.segment.to_string(),
-                    found.expires_at.to_string(),
-                    ttl_ms.max(1).to_string(),
-                ],
-            )
-            .await?;
-        restored(&reply)
+        self.call(&RestoreDecision {
+            found,
+            record: &record,
+            ttl_ms,
+        })
+        .await
     }
 
     /// Writes an order record (and its payment deadline timer while unpaid).
@@ -320,40 +232,7 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// Unavailable.
     pub async fn restore_order(&self, o: &OrderImage) -> Result<Restored> {
-        let p = o.id.partition();
-        let (psp, paid_at) = o
-            .paid
-            .as_ref()
-            .map_or((String::new(), String::new()), |(e, at)| {
-                (e.clone(), at.to_string())
-            });
-        let reply = self
-            .fcall(
-                "fc_restore_order",
-                vec![
-                    self.schema().order(&o.id),
-                    self.schema().deadlines(p),
-                    self.schema().guard(p),
-                ],
-                vec![
-                    o.id.to_string(),
-                    o.reservation.to_string(),
-                    o.id.sku().to_string(),
-                    o.segment.to_string(),
-                    o.quantity.to_string(),
-                    o.buyer.to_string(),
-                    o.amount.to_string(),
-                    o.currency.clone(),
-                    o.state.as_str().to_owned(),
-                    o.deadline.to_string(),
-                    o.created_at.to_string(),
-                    psp,
-                    paid_at,
-                    o.cancelled_at.map(|t| t.to_string()).unwrap_or_default(),
-                ],
-            )
-            .await?;
-        restored(&reply)
+        self.call(&RestoreOrder { image: o }).await
     }
 
     /// Records a payment provider event's outcome for `order` for `ttl_ms` more, so its
@@ -370,25 +249,14 @@ impl<E: RedisExecutor> Inventory<E> {
         state: OrderState,
         ttl_ms: u64,
     ) -> Result<Restored> {
-        let p = order.partition();
-        let code = match outcome {
-            PaymentOutcome::Paid => "paid",
-            PaymentOutcome::PaidAfterCancel => "paid_after_cancel",
-            PaymentOutcome::AmountMismatch => "amount_mismatch",
-            PaymentOutcome::DuplicatePayment => "duplicate_payment",
-        };
-        let reply = self
-            .fcall(
-                "fc_restore_payment",
-                vec![self.schema().psp_event(p, event), self.schema().guard(p)],
-                vec![
-                    code.to_owned(),
-                    state.as_str().to_owned(),
-                    ttl_ms.max(1).to_string(),
-                ],
-            )
-            .await?;
-        restored(&reply)
+        self.call(&RestorePayment {
+            order,
+            event,
+            outcome,
+            state,
+            ttl_ms,
+        })
+        .await
     }
 
     /// Raises a buyer's purchase counter for `sku` to at least `units` (in the buyer's home
@@ -402,18 +270,7 @@ impl<E: RedisExecutor> Inventory<E> {
         buyer: &BuyerId,
         units: u64,
     ) -> Result<Restored> {
-        let home = self.schema().home_of_buyer(buyer);
-        let reply = self
-            .fcall(
-                "fc_restore_count",
-                vec![
-                    self.schema().purchase_count(sku, buyer),
-                    self.schema().guard(home),
-                ],
-                vec![units.to_string()],
-            )
-            .await?;
-        restored(&reply)
+        self.call(&RestoreCount { sku, buyer, units }).await
     }
 
     /// Moves `p`'s stream id up to `highest` (`ms-seq`, the ledger's highest applied id), so
@@ -422,13 +279,10 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// Unavailable.
     pub async fn restore_stream(&self, p: Partition, highest: &str) -> Result<Restored> {
-        let reply = self
-            .fcall(
-                "fc_restore_stream",
-                vec![self.schema().events(p), self.schema().guard(p)],
-                vec![highest.to_owned()],
-            )
-            .await?;
-        restored(&reply)
+        self.call(&RestoreStream {
+            partition: p,
+            highest,
+        })
+        .await
     }
 }

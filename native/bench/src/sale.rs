@@ -20,6 +20,7 @@ use flashcart_inventory::{NativeInventory, RedisConn, Target as RedisTarget};
 use flashcart_settlement::parse_duration;
 use flashcart_testkit::RedisServer;
 use indicatif::{ProgressBar, ProgressStyle};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::baseline::{self, DirectReserve, MinimalDeduct};
 use crate::checks::{self, Readers, SkuCheck};
@@ -31,23 +32,6 @@ use crate::report::{self, Checks, DropStory, Machine, Report, Run, Setup, Subjec
 
 /// The settlement consumer group whose backlog the bench waits on.
 const SETTLEMENT_GROUP: &str = "settlement";
-
-/// A secret flag value (the admin token) that never prints itself.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// The sale's regimes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -104,7 +88,7 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// With `--url`: the nodes' admin token.
     #[arg(long, env = "FLASHCART_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<Secret>,
+    pub admin_token: Option<SecretString>,
     /// With `--url`: the ledger settlement writes (`postgres://…` or a SQLite path), to
     /// reconcile it with Redis after the run.
     #[arg(long, requires = "urls")]
@@ -451,7 +435,7 @@ impl Sale {
             admin_token: options
                 .admin_token
                 .as_ref()
-                .map(|s| s.0.clone())
+                .map(|s| s.expose_secret().to_owned())
                 .unwrap_or_default(),
             ledger_url: options.ledger_url.clone(),
             conn,
@@ -1203,6 +1187,13 @@ mod tests {
         assert_eq!(ok.bound(), Bound::Requests(50));
         let no_token = parse(&["--url", "http://127.0.0.1:3000"]).expect("parses");
         assert!(no_token.validate().is_err());
+        let token = parse(&["--admin-token", "tok-3f9a"]).expect("parses");
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("tok-3f9a"), "{shown}");
+        assert_eq!(
+            token.admin_token.as_ref().map(|t| t.expose_secret()),
+            Some("tok-3f9a")
+        );
         let none = parse(&["--concurrency", "0", "--rate", "0"]).expect("parses");
         assert!(none.validate().is_err());
         let open_only = parse(&["--concurrency", "0", "--rate", "10"]).expect("parses");

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use secrecy::{ExposeSecret, SecretString};
 use thiserror::Error;
 
 use crate::manifest::{ComponentDecl, Manifest, VariableDecl};
@@ -29,31 +30,44 @@ pub enum VariableError {
     Undeclared(String),
 }
 
-/// A variable value that never prints itself: secrets must not reach logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Value {
-    text: String,
-    secret: bool,
+/// A variable's value. One derived from a `secret = true` variable is kept in `secrecy`'s
+/// box: it never prints itself (secrets must not reach logs) and is zeroed when dropped.
+#[derive(Clone)]
+pub enum Value {
+    /// Derived from no secret variable: prints as it is.
+    Plain(String),
+    /// Derived from at least one secret variable.
+    Secret(SecretString),
 }
 
 impl Value {
+    fn new(text: String, secret: bool) -> Self {
+        if secret {
+            Value::Secret(text.into())
+        } else {
+            Value::Plain(text)
+        }
+    }
+
     /// The value itself; the caller decides whether it may be shown.
     pub fn expose(&self) -> &str {
-        &self.text
+        match self {
+            Value::Plain(text) => text,
+            Value::Secret(secret) => secret.expose_secret(),
+        }
     }
 
     /// Whether the value derives from a `secret = true` variable.
     pub fn is_secret(&self) -> bool {
-        self.secret
+        matches!(self, Value::Secret(_))
     }
 }
 
 impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.secret {
-            f.write_str("Value(<secret>)")
-        } else {
-            write!(f, "Value({:?})", self.text)
+        match self {
+            Value::Plain(text) => write!(f, "Value({text:?})"),
+            Value::Secret(_) => f.write_str("Value(<secret>)"),
         }
     }
 }
@@ -110,13 +124,7 @@ impl AppVariables {
         let mut values = BTreeMap::new();
         for (name, decl) in &manifest.variables {
             let text = providers.lookup(name, decl)?;
-            values.insert(
-                name.clone(),
-                Value {
-                    text,
-                    secret: decl.secret,
-                },
-            );
+            values.insert(name.clone(), Value::new(text, decl.secret));
         }
         Ok(Self { values })
     }
@@ -139,10 +147,10 @@ impl AppVariables {
                     .values
                     .get(reference)
                     .ok_or_else(|| VariableError::Undeclared(reference.to_owned()))?;
-                secret |= value.secret;
-                Ok(value.text.clone())
+                secret |= value.is_secret();
+                Ok(value.expose().to_owned())
             })?;
-            out.insert(name.clone(), Value { text, secret });
+            out.insert(name.clone(), Value::new(text, secret));
         }
         Ok(out)
     }

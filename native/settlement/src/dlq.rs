@@ -8,6 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use flashcart_core::functions::{self, recovery::FenceState};
 use flashcart_core::keys::{KeySchema, Partition};
 use redis::aio::ConnectionLike;
 
@@ -155,15 +156,18 @@ pub async fn retry<C: ConnectionLike + Send>(
     id: DeadLetterId,
 ) -> Result<String> {
     // A new entry would move the stream's id past a loss the fence is waiting to check.
-    let state: redis::RedisResult<redis::Value> = redis::cmd("FCALL_RO")
-        .arg("fc_fence_state")
-        .arg(1)
-        .arg(schema.guard(id.partition))
-        .query_async(redis)
-        .await;
-    if let Ok(v) = state
-        && crate::reply::items(&v).get(2).and_then(crate::reply::int) == Some(1)
-    {
+    // A state that cannot be read (no library loaded, say) does not refuse the retry.
+    let check = FenceState {
+        partition: id.partition,
+    };
+    let (command, line) = functions::command(&check, schema);
+    let state: redis::RedisResult<redis::Value> =
+        redis::cmd(command).arg(line).query_async(redis).await;
+    let fenced = state
+        .ok()
+        .and_then(|v| flashcart_inventory::flat_reply(v).ok())
+        .and_then(|values| functions::decode(&check, values).ok());
+    if fenced == Some(true) {
         return Err(Error::Invalid(format!(
             "partition {} is fenced after a Redis restart: settlement must check it against \
              the ledger first (a restore waits for its dead letters to be dropped)",
