@@ -19,7 +19,9 @@
 //! [`Clock`], so the rules are tested with a fake clock.
 #![deny(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -123,7 +125,7 @@ struct StockMap {
     /// The SKU's partitions (empty: not known yet).
     partitions: Vec<u16>,
     /// Partitions Redis reported with no units left, and when (ms, this node's clock).
-    empty: std::collections::BTreeMap<u16, u64>,
+    empty: BTreeMap<u16, u64>,
     /// Whether Redis answered a deduct "sold out" since a partition last reported units.
     sold_out: bool,
 }
@@ -154,11 +156,21 @@ pub enum DeductPlan {
 }
 
 /// The edge cache over a store and a clock.
+///
+/// Besides the store it keeps one thing of its own (shared by its clones): the SKUs it
+/// found sold out at the node, each until it must look again — the end of the flag's period,
+/// but no later than `staleness_ms` from when it looked. Within that a deduct of such a SKU
+/// reads nothing (the store read was the sold-out answer's largest cost). What that can
+/// miss is bounded by the same staleness the node already accepts for stock answers: an admin
+/// reload on this node (whose admin component has its own instances) is seen by the deduct
+/// instances that remember a sell-out within `staleness_ms`, as other nodes see it only
+/// within `sold_out_ttl_ms`. The re-check each period is unchanged: it starts from the store.
 #[derive(Debug, Clone)]
 pub struct EdgeCache<S, C> {
     store: S,
     clock: C,
     config: CacheConfig,
+    sold_out: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 fn entry_key(key: &str) -> String {
@@ -199,7 +211,31 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
             store,
             clock,
             config,
+            sold_out: Arc::default(),
         }
+    }
+
+    /// Whether this cache may still answer `key` sold out without reading the store.
+    fn remembered_sold_out(&self, key: &str, now: u64) -> bool {
+        let mut memo = self.sold_out.lock().unwrap_or_else(|p| p.into_inner());
+        match memo.get(key) {
+            Some(&until) if now < until => true,
+            Some(_) => {
+                memo.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_sold_out(&self, key: &str, until: u64) {
+        let mut memo = self.sold_out.lock().unwrap_or_else(|p| p.into_inner());
+        memo.insert(key.to_owned(), until);
+    }
+
+    fn forget_sold_out(&self, key: &str) {
+        let mut memo = self.sold_out.lock().unwrap_or_else(|p| p.into_inner());
+        memo.remove(key);
     }
 
     /// The rules in force.
@@ -290,6 +326,7 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
     /// # Errors
     /// When the store fails.
     pub async fn invalidate(&self, key: &str) -> Result<(), KvError> {
+        self.forget_sold_out(key);
         self.store.delete(&entry_key(key)).await?;
         self.store.delete(&stock_map_key(key)).await
     }
@@ -316,6 +353,9 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
     /// When the store fails.
     pub async fn plan_deduct(&self, key: &str, holder: &str) -> Result<DeductPlan, KvError> {
         let now = self.clock.now_ms();
+        if self.remembered_sold_out(key, now) {
+            return Ok(DeductPlan::SoldOut);
+        }
         let map = self.stock_map(key).await?;
         let trust = self.trust_ms(&map);
         let believed: Vec<(u16, u64)> = map
@@ -339,10 +379,17 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
         if !everywhere {
             return Ok(DeductPlan::Reserve { segments, empty });
         }
-        if now < last.saturating_add(self.config.sold_out_ttl_ms)
-            || !self
-                .take_lease(&stock_map_lease_key(key), holder, now)
-                .await?
+        let period_ends = last.saturating_add(self.config.sold_out_ttl_ms);
+        if now < period_ends {
+            self.remember_sold_out(
+                key,
+                period_ends.min(now.saturating_add(self.config.staleness_ms)),
+            );
+            return Ok(DeductPlan::SoldOut);
+        }
+        if !self
+            .take_lease(&stock_map_lease_key(key), holder, now)
+            .await?
         {
             return Ok(DeductPlan::SoldOut);
         }
@@ -390,6 +437,9 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
             }
         }
         map.sold_out |= sold_out;
+        if !map.sold_out {
+            self.forget_sold_out(key);
+        }
         if map == before {
             return Ok(());
         }
@@ -437,10 +487,12 @@ mod tests {
     use super::*;
 
     #[derive(Default)]
-    struct Memory(RefCell<HashMap<String, Vec<u8>>>);
+    /// The store, and how many reads it answered.
+    struct Memory(RefCell<HashMap<String, Vec<u8>>>, Cell<usize>);
 
     impl KvStore for &Memory {
         async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+            self.1.set(self.1.get() + 1);
             Ok(self.0.borrow().get(key).cloned())
         }
         async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
@@ -750,6 +802,88 @@ mod tests {
         assert!(matches!(
             block_on(cache.plan_deduct("a", "r2")),
             Ok(DeductPlan::Probe { .. })
+        ));
+    }
+
+    #[test]
+    fn a_remembered_sell_out_reads_nothing_until_it_must_look_again() {
+        let (store, clock) = setup();
+        let cache = EdgeCache::new(&store, &clock, CONFIG);
+        sold_out(&cache);
+        // The first sold-out answer reads the stock map; the next ones, within the staleness
+        // bound (250 ms, shorter than the 700 ms period), read nothing.
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::SoldOut)
+        );
+        let reads = store.1.get();
+        for at in [10_000, 10_100, 10_249] {
+            clock.0.set(at);
+            assert_eq!(
+                block_on(cache.plan_deduct("a", "r2")),
+                Ok(DeductPlan::SoldOut)
+            );
+        }
+        assert_eq!(store.1.get(), reads);
+        // Past the bound it reads again, and remembers for another 250 ms at most.
+        clock.0.set(10_250);
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r2")),
+            Ok(DeductPlan::SoldOut)
+        );
+        assert!(store.1.get() > reads);
+        let reads = store.1.get();
+        clock.0.set(10_499);
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r2")),
+            Ok(DeductPlan::SoldOut)
+        );
+        assert_eq!(store.1.get(), reads);
+        // Remembered no later than the period's end (10 700), though 10 500 + 250 is later.
+        clock.0.set(10_500);
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r2")),
+            Ok(DeductPlan::SoldOut)
+        );
+        let reads = store.1.get();
+        clock.0.set(10_699);
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r2")),
+            Ok(DeductPlan::SoldOut)
+        );
+        assert_eq!(store.1.get(), reads);
+        // At the period's end the re-check starts from the store, as without the memory.
+        clock.0.set(10_700);
+        assert!(matches!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::Probe { .. })
+        ));
+    }
+
+    #[test]
+    fn units_seen_or_a_reload_end_a_remembered_sell_out() {
+        let (store, clock) = setup();
+        let cache = EdgeCache::new(&store, &clock, CONFIG);
+        sold_out(&cache);
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r1")),
+            Ok(DeductPlan::SoldOut)
+        );
+        // A reserve of this instance saw units in a partition: the next deduct goes to Redis.
+        block_on(cache.observe("a", None, &[], &[(PARTS[0], 3)], false)).unwrap();
+        assert!(matches!(
+            block_on(cache.plan_deduct("a", "r2")),
+            Ok(DeductPlan::Reserve { .. })
+        ));
+        sold_out(&cache);
+        assert_eq!(
+            block_on(cache.plan_deduct("a", "r3")),
+            Ok(DeductPlan::SoldOut)
+        );
+        block_on(cache.invalidate("a")).unwrap();
+        assert!(matches!(
+            block_on(cache.plan_deduct("a", "r4")),
+            Ok(DeductPlan::Reserve { .. })
         ));
     }
 
