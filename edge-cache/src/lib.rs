@@ -157,20 +157,34 @@ pub enum DeductPlan {
 
 /// The edge cache over a store and a clock.
 ///
-/// Besides the store it keeps one thing of its own (shared by its clones): the SKUs it
-/// found sold out at the node, each until it must look again — the end of the flag's period,
-/// but no later than `staleness_ms` from when it looked. Within that a deduct of such a SKU
-/// reads nothing (the store read was the sold-out answer's largest cost). What that can
-/// miss is bounded by the same staleness the node already accepts for stock answers: an admin
-/// reload on this node (whose admin component has its own instances) is seen by the deduct
-/// instances that remember a sell-out within `staleness_ms`, as other nodes see it only
-/// within `sold_out_ttl_ms`. The re-check each period is unchanged: it starts from the store.
+/// Besides the store it keeps one thing of its own (shared by its clones): the stock maps it
+/// read lately, each believed without reading the store again for [`STOCK_MAP_MEMORY_MS`] —
+/// or, for a SKU it found sold out at the node, until the end of the flag's period but no
+/// later than `staleness_ms` after it read it (the store read was the sold-out answer's
+/// largest cost). What an instance learns itself ([`EdgeCache::observe`]) it remembers at once.
+/// What it can miss is bounded by the same staleness the node already accepts for stock
+/// answers: another instance's news reaches it within `STOCK_MAP_MEMORY_MS` (10 ms: at most a
+/// visit to a partition that instance had just found empty), and an admin reload on this node
+/// (whose admin component has its own instances) within `staleness_ms` — other nodes see it
+/// only within `sold_out_ttl_ms`. The re-check each period starts from the store, as before.
 #[derive(Debug, Clone)]
 pub struct EdgeCache<S, C> {
     store: S,
     clock: C,
     config: CacheConfig,
-    sold_out: Arc<Mutex<BTreeMap<String, u64>>>,
+    remembered: Arc<Mutex<BTreeMap<String, Remembered>>>,
+}
+
+/// How long an instance believes a stock map it read from the store, when the map does not
+/// say the SKU is sold out: short enough that another instance's news costs at most one
+/// extra partition visit, long enough that a busy instance reads the store once per burst.
+pub const STOCK_MAP_MEMORY_MS: u64 = 10;
+
+/// A stock map as an instance read (or wrote) it, and until when it believes it.
+#[derive(Debug, Clone)]
+struct Remembered {
+    map: StockMap,
+    until: u64,
 }
 
 fn entry_key(key: &str) -> String {
@@ -211,31 +225,39 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
             store,
             clock,
             config,
-            sold_out: Arc::default(),
+            remembered: Arc::default(),
         }
     }
 
-    /// Whether this cache may still answer `key` sold out without reading the store.
-    fn remembered_sold_out(&self, key: &str, now: u64) -> bool {
-        let mut memo = self.sold_out.lock().unwrap_or_else(|p| p.into_inner());
-        match memo.get(key) {
-            Some(&until) if now < until => true,
+    /// The stock map of `key` this cache remembers, if it still believes it at `now`.
+    fn remembered(&self, key: &str, now: u64) -> Option<StockMap> {
+        let mut memory = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        match memory.get(key) {
+            Some(r) if now < r.until => Some(r.map.clone()),
             Some(_) => {
-                memo.remove(key);
-                false
+                memory.remove(key);
+                None
             }
-            None => false,
+            None => None,
         }
     }
 
-    fn remember_sold_out(&self, key: &str, until: u64) {
-        let mut memo = self.sold_out.lock().unwrap_or_else(|p| p.into_inner());
-        memo.insert(key.to_owned(), until);
+    fn remember(&self, key: &str, map: StockMap, until: u64) {
+        let mut memory = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        memory.insert(key.to_owned(), Remembered { map, until });
     }
 
-    fn forget_sold_out(&self, key: &str) {
-        let mut memo = self.sold_out.lock().unwrap_or_else(|p| p.into_inner());
-        memo.remove(key);
+    /// Believes `key`'s remembered map until `until`, if that is later than it did.
+    fn remember_longer(&self, key: &str, until: u64) {
+        let mut memory = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = memory.get_mut(key) {
+            r.until = r.until.max(until);
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        let mut memory = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        memory.remove(key);
     }
 
     /// The rules in force.
@@ -326,12 +348,13 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
     /// # Errors
     /// When the store fails.
     pub async fn invalidate(&self, key: &str) -> Result<(), KvError> {
-        self.forget_sold_out(key);
+        self.forget(key);
         self.store.delete(&entry_key(key)).await?;
         self.store.delete(&stock_map_key(key)).await
     }
 
-    async fn stock_map(&self, key: &str) -> Result<StockMap, KvError> {
+    /// The stock map as the store has it (what [`Self::observe`] updates).
+    async fn stored_stock_map(&self, key: &str) -> Result<StockMap, KvError> {
         Ok(self
             .store
             .get(&stock_map_key(key))
@@ -353,10 +376,14 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
     /// When the store fails.
     pub async fn plan_deduct(&self, key: &str, holder: &str) -> Result<DeductPlan, KvError> {
         let now = self.clock.now_ms();
-        if self.remembered_sold_out(key, now) {
-            return Ok(DeductPlan::SoldOut);
-        }
-        let map = self.stock_map(key).await?;
+        let (map, read) = match self.remembered(key, now) {
+            Some(map) => (map, false),
+            None => {
+                let map = self.stored_stock_map(key).await?;
+                self.remember(key, map.clone(), now.saturating_add(STOCK_MAP_MEMORY_MS));
+                (map, true)
+            }
+        };
         let trust = self.trust_ms(&map);
         let believed: Vec<(u16, u64)> = map
             .empty
@@ -381,10 +408,13 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
         }
         let period_ends = last.saturating_add(self.config.sold_out_ttl_ms);
         if now < period_ends {
-            self.remember_sold_out(
-                key,
-                period_ends.min(now.saturating_add(self.config.staleness_ms)),
-            );
+            // Counted from the read, so answers from memory do not extend it.
+            if read {
+                self.remember_longer(
+                    key,
+                    period_ends.min(now.saturating_add(self.config.staleness_ms)),
+                );
+            }
             return Ok(DeductPlan::SoldOut);
         }
         if !self
@@ -416,7 +446,7 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
         sold_out: bool,
     ) -> Result<(), KvError> {
         let now = self.clock.now_ms();
-        let mut map = self.stock_map(key).await?;
+        let mut map = self.stored_stock_map(key).await?;
         let before = map.clone();
         if let Some(segments) = segments
             && (segments != map.segments || partitions != map.partitions.as_slice())
@@ -437,14 +467,14 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
             }
         }
         map.sold_out |= sold_out;
-        if !map.sold_out {
-            self.forget_sold_out(key);
-        }
         if map == before {
+            self.remember(key, map, now.saturating_add(STOCK_MAP_MEMORY_MS));
             return Ok(());
         }
         let bytes = serde_json::to_vec(&map).map_err(|e| KvError(e.to_string()))?;
-        self.store.set(&stock_map_key(key), &bytes).await
+        self.store.set(&stock_map_key(key), &bytes).await?;
+        self.remember(key, map, now.saturating_add(STOCK_MAP_MEMORY_MS));
+        Ok(())
     }
 
     /// Records the re-check a [`DeductPlan::Probe`] asked for, and ends the lease.
@@ -809,55 +839,68 @@ mod tests {
     fn a_remembered_sell_out_reads_nothing_until_it_must_look_again() {
         let (store, clock) = setup();
         let cache = EdgeCache::new(&store, &clock, CONFIG);
-        sold_out(&cache);
-        // The first sold-out answer reads the stock map; the next ones, within the staleness
-        // bound (250 ms, shorter than the 700 ms period), read nothing.
-        assert_eq!(
-            block_on(cache.plan_deduct("a", "r1")),
-            Ok(DeductPlan::SoldOut)
-        );
-        let reads = store.1.get();
-        for at in [10_000, 10_100, 10_249] {
+        let plan = |at: u64| {
             clock.0.set(at);
-            assert_eq!(
-                block_on(cache.plan_deduct("a", "r2")),
-                Ok(DeductPlan::SoldOut)
-            );
+            block_on(cache.plan_deduct("a", "r"))
+        };
+        // What the instance wrote itself, it believes for STOCK_MAP_MEMORY_MS without a read.
+        sold_out(&cache);
+        let reads = store.1.get();
+        assert_eq!(plan(10_000), Ok(DeductPlan::SoldOut));
+        assert_eq!(store.1.get(), reads);
+        // Then it reads the store, and believes the sell-out for the staleness bound (250 ms,
+        // shorter than the 700 ms period), counted from that read.
+        assert_eq!(plan(10_010), Ok(DeductPlan::SoldOut));
+        assert_eq!(store.1.get(), reads + 1);
+        for at in [10_100, 10_259] {
+            assert_eq!(plan(at), Ok(DeductPlan::SoldOut));
         }
-        assert_eq!(store.1.get(), reads);
-        // Past the bound it reads again, and remembers for another 250 ms at most.
-        clock.0.set(10_250);
-        assert_eq!(
-            block_on(cache.plan_deduct("a", "r2")),
-            Ok(DeductPlan::SoldOut)
-        );
-        assert!(store.1.get() > reads);
-        let reads = store.1.get();
-        clock.0.set(10_499);
-        assert_eq!(
-            block_on(cache.plan_deduct("a", "r2")),
-            Ok(DeductPlan::SoldOut)
-        );
-        assert_eq!(store.1.get(), reads);
-        // Remembered no later than the period's end (10 700), though 10 500 + 250 is later.
-        clock.0.set(10_500);
-        assert_eq!(
-            block_on(cache.plan_deduct("a", "r2")),
-            Ok(DeductPlan::SoldOut)
-        );
-        let reads = store.1.get();
-        clock.0.set(10_699);
-        assert_eq!(
-            block_on(cache.plan_deduct("a", "r2")),
-            Ok(DeductPlan::SoldOut)
-        );
-        assert_eq!(store.1.get(), reads);
+        assert_eq!(store.1.get(), reads + 1);
+        assert_eq!(plan(10_260), Ok(DeductPlan::SoldOut));
+        assert_eq!(store.1.get(), reads + 2);
+        assert_eq!(plan(10_509), Ok(DeductPlan::SoldOut));
+        assert_eq!(store.1.get(), reads + 2);
+        // Never past the period's end (10 700), though 10 510 + 250 is later.
+        assert_eq!(plan(10_510), Ok(DeductPlan::SoldOut));
+        assert_eq!(plan(10_699), Ok(DeductPlan::SoldOut));
+        assert_eq!(store.1.get(), reads + 3);
         // At the period's end the re-check starts from the store, as without the memory.
-        clock.0.set(10_700);
-        assert!(matches!(
-            block_on(cache.plan_deduct("a", "r1")),
-            Ok(DeductPlan::Probe { .. })
-        ));
+        assert!(matches!(plan(10_700), Ok(DeductPlan::Probe { .. })));
+    }
+
+    #[test]
+    fn another_instances_news_is_read_within_the_memory() {
+        let (store, clock) = setup();
+        let mine = EdgeCache::new(&store, &clock, CONFIG);
+        let other = EdgeCache::new(&store, &clock, CONFIG);
+        let reserve =
+            |cache: &EdgeCache<&Memory, &FakeClock>| block_on(cache.plan_deduct("a", "r"));
+        block_on(mine.observe("a", Some(3), &PARTS, &[], false)).unwrap();
+        assert_eq!(
+            reserve(&mine),
+            Ok(DeductPlan::Reserve {
+                segments: Some(3),
+                empty: vec![]
+            })
+        );
+        // Another instance finds a partition empty; this one learns it within 10 ms.
+        block_on(other.observe("a", None, &[], &[(PARTS[1], 0)], false)).unwrap();
+        clock.0.set(10_009);
+        assert_eq!(
+            reserve(&mine),
+            Ok(DeductPlan::Reserve {
+                segments: Some(3),
+                empty: vec![]
+            })
+        );
+        clock.0.set(10_010);
+        assert_eq!(
+            reserve(&mine),
+            Ok(DeductPlan::Reserve {
+                segments: Some(3),
+                empty: vec![PARTS[1]]
+            })
+        );
     }
 
     #[test]
