@@ -180,6 +180,24 @@ pub struct EdgeCache<S, C> {
 /// extra partition visit, long enough that a busy instance reads the store once per burst.
 pub const STOCK_MAP_MEMORY_MS: u64 = 10;
 
+/// What a stock map says of a deduct, before any lease is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Judgement {
+    /// Go to Redis with this hint.
+    Reserve {
+        segments: Option<u16>,
+        empty: Vec<u16>,
+    },
+    /// Sold out at the node until the period ends.
+    SoldOut { period_ends: u64 },
+    /// The period ended: re-check `partition`, if this request gets the lease.
+    Recheck {
+        partition: u16,
+        segments: u16,
+        empty: Vec<u16>,
+    },
+}
+
 /// A stock map as an instance read (or wrote) it, and until when it believes it.
 #[derive(Debug, Clone)]
 struct Remembered {
@@ -229,11 +247,12 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
         }
     }
 
-    /// The stock map of `key` this cache remembers, if it still believes it at `now`.
-    fn remembered(&self, key: &str, now: u64) -> Option<StockMap> {
+    /// What the stock map of `key` this cache remembers says at `now`, if it still believes it
+    /// (judged under the lock: the map is not copied out).
+    fn remembered(&self, key: &str, now: u64) -> Option<Judgement> {
         let mut memory = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
         match memory.get(key) {
-            Some(r) if now < r.until => Some(r.map.clone()),
+            Some(r) if now < r.until => Some(self.judge(&r.map, now)),
             Some(_) => {
                 memory.remove(key);
                 None
@@ -245,14 +264,6 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
     fn remember(&self, key: &str, map: StockMap, until: u64) {
         let mut memory = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
         memory.insert(key.to_owned(), Remembered { map, until });
-    }
-
-    /// Believes `key`'s remembered map until `until`, if that is later than it did.
-    fn remember_longer(&self, key: &str, until: u64) {
-        let mut memory = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = memory.get_mut(key) {
-            r.until = r.until.max(until);
-        }
     }
 
     fn forget(&self, key: &str) {
@@ -376,15 +387,49 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
     /// When the store fails.
     pub async fn plan_deduct(&self, key: &str, holder: &str) -> Result<DeductPlan, KvError> {
         let now = self.clock.now_ms();
-        let (map, read) = match self.remembered(key, now) {
-            Some(map) => (map, false),
+        let judgement = match self.remembered(key, now) {
+            Some(judgement) => judgement,
             None => {
                 let map = self.stored_stock_map(key).await?;
-                self.remember(key, map.clone(), now.saturating_add(STOCK_MAP_MEMORY_MS));
-                (map, true)
+                let judgement = self.judge(&map, now);
+                // A sell-out is believed longer than other news, counted from this read.
+                let until = match judgement {
+                    Judgement::SoldOut { period_ends } => {
+                        period_ends.min(now.saturating_add(self.config.staleness_ms))
+                    }
+                    _ => now.saturating_add(STOCK_MAP_MEMORY_MS),
+                };
+                self.remember(key, map, until);
+                judgement
             }
         };
-        let trust = self.trust_ms(&map);
+        match judgement {
+            Judgement::Reserve { segments, empty } => Ok(DeductPlan::Reserve { segments, empty }),
+            Judgement::SoldOut { .. } => Ok(DeductPlan::SoldOut),
+            Judgement::Recheck {
+                partition,
+                segments,
+                empty,
+            } => {
+                if self
+                    .take_lease(&stock_map_lease_key(key), holder, now)
+                    .await?
+                {
+                    Ok(DeductPlan::Probe {
+                        partition,
+                        segments,
+                        empty,
+                    })
+                } else {
+                    Ok(DeductPlan::SoldOut)
+                }
+            }
+        }
+    }
+
+    /// What `map` says of a deduct at `now`, before any lease: a pure reading of it.
+    fn judge(&self, map: &StockMap, now: u64) -> Judgement {
+        let trust = self.trust_ms(map);
         let believed: Vec<(u16, u64)> = map
             .empty
             .iter()
@@ -397,37 +442,22 @@ impl<S: KvStore, C: Clock> EdgeCache<S, C> {
             && !map.partitions.is_empty()
             && map.partitions.iter().all(|p| empty.contains(p));
         // Sold out: every partition is believed empty, so `believed` has entries.
-        let (Some(oldest), Some(last)) = (
+        let (Some(oldest), Some(last), true) = (
             believed.iter().min_by_key(|&&(_, at)| at).map(|&(p, _)| p),
             believed.iter().map(|&(_, at)| at).max(),
+            everywhere,
         ) else {
-            return Ok(DeductPlan::Reserve { segments, empty });
+            return Judgement::Reserve { segments, empty };
         };
-        if !everywhere {
-            return Ok(DeductPlan::Reserve { segments, empty });
-        }
         let period_ends = last.saturating_add(self.config.sold_out_ttl_ms);
         if now < period_ends {
-            // Counted from the read, so answers from memory do not extend it.
-            if read {
-                self.remember_longer(
-                    key,
-                    period_ends.min(now.saturating_add(self.config.staleness_ms)),
-                );
-            }
-            return Ok(DeductPlan::SoldOut);
+            return Judgement::SoldOut { period_ends };
         }
-        if !self
-            .take_lease(&stock_map_lease_key(key), holder, now)
-            .await?
-        {
-            return Ok(DeductPlan::SoldOut);
-        }
-        Ok(DeductPlan::Probe {
+        Judgement::Recheck {
             partition: oldest,
             segments: map.segments,
             empty,
-        })
+        }
     }
 
     /// Records what Redis just said about `key`'s partitions: `seen` lists partitions with the
