@@ -45,3 +45,39 @@ setup_cargo_target() {
     mkdir -p "$CARGO_TARGET_DIR"
     say "cargo target dir: $CARGO_TARGET_DIR"
 }
+
+# The operators' tools the tests drive (PyPI: schemathesis, kubernetes-validate,
+# check-jsonschema), pinned in scripts/python-tools.txt, in a venv outside the clone.
+ensure_python_tools() {
+    local venv="${FLASHCART_VENV:-$HOME/.cache/flashcart/venv}"
+    local stamp="$venv/.flashcart-tools"
+    local want
+    want="$(sha256sum scripts/python-tools.txt | cut -d' ' -f1)"
+    if [ ! -x "$venv/bin/python" ]; then
+        if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+            apt_install python3 python3-venv python3-pip
+        fi
+        say "creating a Python venv for the test tools: $venv"
+        python3 -m venv "$venv"
+    fi
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "pip install -r scripts/python-tools.txt (into $venv)"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/python-tools.txt
+        echo "$want" > "$stamp"
+    fi
+    export PATH="$venv/bin:$PATH"
+}
+
+# promtool (Debian's prometheus package) checks the alert rules and their unit tests.
+ensure_promtool() {
+    if ! command -v promtool >/dev/null; then
+        apt_install prometheus
+    fi
+}
+
+# Headless Chromium (Debian's package) for the live sale page's test.
+ensure_chromium() {
+    if ! command -v chromium >/dev/null; then
+        apt_install chromium
+    fi
+}

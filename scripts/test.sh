@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # flashcart's whole test suite, on a fresh Debian machine with only Rust installed.
-# Installs what is missing (wasm32-wasip2 target, redis-server, PostgreSQL), then runs
+# Installs what is missing (wasm32-wasip2 target, redis-server, PostgreSQL, and the operators'
+# tools the tests drive: promtool, headless Chromium, schemathesis, kubernetes-validate,
+# check-jsonschema), then runs
 # format and lint checks, a check without dev-dependencies, every test, and the wasm build
 # of the domain core. Tests start their own private servers; nothing on default ports is used.
 set -euo pipefail
@@ -10,6 +12,9 @@ cd "$(dirname "$0")/.."
 ensure_wasm_target
 ensure_redis
 ensure_postgres
+ensure_promtool
+ensure_chromium
+ensure_python_tools
 setup_cargo_target
 
 say "cargo fmt --check"
