@@ -38,6 +38,12 @@ impl fmt::Display for Partition {
     }
 }
 
+/// Partition `p`'s dead-letter stream (see [`KeySchema::dead_letters`]); a free function for
+/// settlement, which names it without a schema.
+pub fn dead_letters(p: Partition) -> String {
+    format!("{}:dlq", p.tag())
+}
+
 /// Why a key schema could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("partitions must be between 1 and {max}, got {got}", max = KeySchema::MAX_PARTITIONS)]
@@ -228,6 +234,12 @@ impl KeySchema {
     /// The partition's event stream: the outbox, appended in the same call as each decision.
     pub fn events(&self, p: Partition) -> String {
         format!("{}:events", p.tag())
+    }
+
+    /// The partition's dead-letter stream: events settlement could not apply, kept for an
+    /// operator (`flashcart dlq`).
+    pub fn dead_letters(&self, p: Partition) -> String {
+        dead_letters(p)
     }
 
     /// Reservations by expiry time (sorted set), for the settlement timers.

@@ -1,5 +1,6 @@
-//! `PUT /v1/admin/skus/{sku}` (load, preheat) and `GET /v1/admin/skus/{sku}` (full state),
-//! behind the admin bearer token.
+//! `PUT /v1/admin/skus/{sku}` (load, preheat), `GET /v1/admin/skus/{sku}` (full state) and
+//! `GET /v1/admin/skus/{sku}/live` (the sale page's view), behind the admin bearer token; and
+//! `GET /`, the sale page itself (no data in it, so no token).
 
 use flashcart_core::ids::{SkuId, ValidationError};
 use flashcart_core::inventory::LoadOutcome;
@@ -50,11 +51,17 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
     }
 
     async fn admin_inner(&self, req: &ApiRequest) -> Result<ApiResponse, Rejection> {
+        if req.path == "/" {
+            // The sale page holds no data: it asks for the token and reads the live view.
+            return crate::sale::page(req);
+        }
         let segs = req
             .segments_after("/v1/admin/skus/")
             .ok_or(Rejection::NotFound)?;
-        let [sku] = segs.as_slice() else {
-            return Err(Rejection::NotFound);
+        let (sku, live) = match segs.as_slice() {
+            [sku] => (*sku, false),
+            [sku, "live"] => (*sku, true),
+            _ => return Err(Rejection::NotFound),
         };
         let token = req
             .header_value("authorization")
@@ -64,9 +71,11 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
             _ => return Err(Rejection::Unauthorized),
         }
         let sku = SkuId::parse(sku)?;
-        match req.method.as_str() {
-            "PUT" => self.load_sku(req, &sku).await,
-            "GET" => self.sku_state(&sku).await,
+        match (req.method.as_str(), live) {
+            ("GET", true) => self.sale_live(&sku).await,
+            (_, true) => Err(Rejection::MethodNotAllowed { allow: "GET" }),
+            ("PUT", false) => self.load_sku(req, &sku).await,
+            ("GET", false) => self.sku_state(&sku).await,
             _ => Err(Rejection::MethodNotAllowed { allow: "GET, PUT" }),
         }
     }

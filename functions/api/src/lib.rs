@@ -7,7 +7,7 @@
 //! - [`http`]: requests and responses as plain data, problem+json
 //! - [`Edge`]: the handlers, one module per route: [`Edge::stock_check`] (`stock`),
 //!   [`Edge::deduct`] (`deduct`), [`Edge::orders`] (`orders`), [`Edge::payment_callback`]
-//!   (`payments`), [`Edge::admin`] (`admin`)
+//!   (`payments`), [`Edge::admin`] (`admin`, and the live sale page in `sale`)
 #![deny(missing_docs)]
 
 mod admin;
@@ -15,6 +15,7 @@ mod deduct;
 pub mod http;
 mod orders;
 mod payments;
+mod sale;
 mod stock;
 
 use flashcart_core::ids::IdempotencyKey;

@@ -16,8 +16,8 @@ pub enum Target {
 
 impl Target {
     /// Where `command` with `args` runs. `FCALL`/`FCALL_RO`/`EVAL*` name their keys after a
-    /// count; other commands are taken to start with their key, which holds for every
-    /// single-key command the edge sends.
+    /// count, `XINFO` after its subcommand; other commands are taken to start with their key,
+    /// which holds for every other single-key command the edge sends.
     pub fn of(command: &str, args: &[String]) -> Self {
         let command = command.to_ascii_uppercase();
         match command.as_str() {
@@ -29,6 +29,10 @@ impl Target {
                     _ => Target::Any,
                 }
             }
+            // A subcommand first, then the key (`XINFO GROUPS <key>`).
+            "XINFO" => args
+                .get(1)
+                .map_or(Target::Any, |key| Target::Slot(key_slot(key.as_bytes()))),
             "PING" | "INFO" | "CLUSTER" | "ASKING" | "TIME" | "ECHO" | "HELLO" | "AUTH" => {
                 Target::Any
             }
@@ -73,6 +77,10 @@ mod tests {
         assert_eq!(
             Target::of("GET", &args(&["{fc:p07}:k"])),
             Target::Slot(slot)
+        );
+        assert_eq!(
+            Target::of("XINFO", &args(&["GROUPS", "{fc:p07}:events"])),
+            Target::Slot(key_slot(b"{fc:p07}:events"))
         );
         assert_eq!(Target::of("PING", &[]), Target::Any);
         assert_eq!(Target::of("CLUSTER", &args(&["NODES"])), Target::Any);

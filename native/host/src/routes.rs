@@ -339,6 +339,15 @@ mod tests {
     }
 
     #[test]
+    fn the_root_route_is_exact_beside_a_catch_all() {
+        let router =
+            Router::new([("/...".to_owned(), 1), ("/".to_owned(), 2)]).expect("valid routes");
+        assert_eq!(router.route("/").map(|m| *m.target), Some(2));
+        assert_eq!(router.route("/x").map(|m| *m.target), Some(1));
+        assert_eq!(router.route("/x/y").map(|m| *m.target), Some(1));
+    }
+
+    #[test]
     fn component_route_drops_wildcard() {
         let router = Router::new([("/api/...".to_owned(), ()), ("/...".to_owned(), ())])
             .expect("valid routes");

@@ -125,7 +125,7 @@ pub fn failures_key(p: Partition) -> String {
 
 /// The dead-letter stream of a partition.
 pub fn dead_letter_key(p: Partition) -> String {
-    format!("{}:dlq", p.tag())
+    flashcart_core::keys::dead_letters(p)
 }
 
 /// A settlement consumer over every partition stream.

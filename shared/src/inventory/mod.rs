@@ -12,13 +12,16 @@
 //! - `reserve`: the deduct ([`Inventory::reserve`]) and a reservation's release;
 //! - `orders`: orders, their cancel and refunds, and the claims that bind an order's key;
 //! - `payments`: a payment provider's events;
-//! - `stock`: loading a SKU, its levels, and the timers' due lists.
+//! - `stock`: loading a SKU, its levels, and the timers' due lists;
+//! - `backlog`: a partition's settlement backlog (stream length, lag, dead letters).
 
+mod backlog;
 mod orders;
 mod payments;
 mod reserve;
 mod stock;
 
+pub use backlog::PartitionBacklog;
 pub use orders::{CancelOutcome, CancelReason, Order, OrderRequest};
 pub use payments::{PaymentNotice, PaymentOutcome};
 pub use reserve::{

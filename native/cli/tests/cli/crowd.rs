@@ -64,6 +64,7 @@ fn a_crowd_of_slow_clients_and_buyers_cannot_exhaust_the_node() {
             args: &["--header-read-timeout", "2s"],
             open_files: Some(1_024),
             log: Some(&log),
+            env: &[],
         },
     );
     node::load_sku(address, "crowd", STOCK);

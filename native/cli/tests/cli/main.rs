@@ -1,11 +1,13 @@
 //! The `flashcart` binary end to end: `up` serves and stops cleanly on Ctrl-C
 //! (SIGINT) and SIGTERM; `build` runs the manifest's build commands; `bench sale` runs a
-//! small sale and reports it clean; the fault scenarios that need a whole node (`crash`,
+//! small sale and reports it clean; the live sale page shows a sale in headless Chromium; the fault scenarios that need a whole node (`crash`,
 //! `crowd`) run the repo's `spin.toml` through [`node`].
 
 mod crash;
 mod crowd;
+mod docs;
 mod node;
+mod page;
 mod sale;
 
 use std::io::{Read, Write};

@@ -36,6 +36,8 @@ pub(crate) struct NodeOptions<'a> {
     pub(crate) open_files: Option<u32>,
     /// Where the node's stderr goes (discarded when `None`).
     pub(crate) log: Option<&'a Path>,
+    /// Environment set after the defaults (e.g. other `SPIN_VARIABLE_*` secrets).
+    pub(crate) env: &'a [(&'a str, &'a str)],
 }
 
 /// Starts a node and waits until it answers its health check.
@@ -70,6 +72,7 @@ pub(crate) fn up(redis: &RedisServer, data: &Path, options: &NodeOptions) -> (Ch
         .env("SPIN_VARIABLE_ADMIN_TOKEN", ADMIN)
         .env("SPIN_VARIABLE_PSP_SIGNING_SECRETS", "whsec_fault")
         .env("SPIN_VARIABLE_BUYER_RATE_PER_SECOND", "0")
+        .envs(options.env.iter().copied())
         .stdout(Stdio::null());
     match options.log {
         Some(path) => command.stderr(std::fs::File::create(path).expect("node log")),
@@ -115,6 +118,19 @@ pub(crate) fn send(address: SocketAddr, method: &str, path: &str, key: &str, bod
         return Answer::NotSent;
     };
     exchange(&mut s, &request(method, path, key, body)).map_or(Answer::Unanswered, Answer::Status)
+}
+
+/// One raw request (`request`'s bytes) on a new connection: the status and the body.
+pub(crate) fn call(address: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(address).expect("connect to the node");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read the answer");
+    let status = status_of(&raw).unwrap_or_else(|| panic!("no HTTP answer: {raw:?}"));
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
 }
 
 fn exchange(s: &mut TcpStream, request: &str) -> Option<u16> {
