@@ -1,10 +1,12 @@
 //! The `flashcart` binary end to end: `up` serves and stops cleanly on Ctrl-C
 //! (SIGINT) and SIGTERM; `build` runs the manifest's build commands; `bench sale` runs a
-//! small sale and reports it clean; the fault scenarios that need a whole node (`crash`,
-//! `crowd`) run the repo's `spin.toml` through [`node`].
+//! small sale and reports it clean; `metrics` holds a node's scrape to docs/metrics.md; the
+//! fault scenarios that need a whole node (`crash`, `crowd`) run the repo's `spin.toml`
+//! through [`node`].
 
 mod crash;
 mod crowd;
+mod metrics;
 mod node;
 mod sale;
 
