@@ -155,7 +155,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Serves Prometheus `/metrics` (and the health check) on `listener` until `shutdown`.
+/// Serves Prometheus `/metrics` (and the health check) on `listener` until `shutdown`: the
+/// process's metrics, so inside `flashcart up` settlement's as well as the host's.
 ///
 /// # Errors
 /// When the listener's address cannot be read.
@@ -163,45 +164,11 @@ pub async fn run_metrics(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    telemetry::install();
-    tracing::info!(address = %listener.local_addr()?, "serving /metrics");
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(_) => continue,
-            },
-        };
-        let service = service_fn(|req: Request<Incoming>| async move {
-            let response = match req.uri().path() {
-                "/metrics" => metrics_response(),
-                HEALTH_PATH | "/health" => text(StatusCode::OK, "ok\n"),
-                _ => text(StatusCode::NOT_FOUND, "not found\n"),
-            };
-            Ok::<_, Infallible>(response)
-        });
-        tokio::spawn(
-            hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service),
-        );
-    }
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response
+    flashcart_telemetry::serve(listener, telemetry::install(), || true, shutdown).await
 }
 
 fn metrics_response() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(telemetry::render())));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    response
+    flashcart_telemetry::metrics_response(&telemetry::install())
 }
 
 /// A process-unique request id: a per-process prefix (start time) and a counter.

@@ -1,71 +1,86 @@
-//! Prometheus metrics: one process-wide recorder, rendered by `/metrics`.
+//! Prometheus metrics: the process's one recorder (`flashcart-telemetry`, shared with
+//! settlement inside `flashcart up`), rendered by `/metrics`. docs/metrics.md lists every
+//! metric with its unit, labels and what to do when it moves.
 //!
 //! Metric names (all prefixed `flashcart_`):
 //! - `requests_total{component,status}` and `request_duration_seconds{component}`;
-//! - `instantiate_seconds{component}`: store creation + instantiation per request;
+//! - `instantiate_seconds{component}` and `instances_total{component}`: store creation +
+//!   instantiation per instance;
 //! - `redis_clients` (pooled clients), `redis_connects_total`, `redis_connect_seconds`,
 //!   `redis_command_seconds{command}`, `redis_errors_total{kind}`,
 //!   `redis_refused_total{component}` (addresses outside `allowed_outbound_hosts`);
-//! - `in_flight_requests`.
+//! - `in_flight_requests`, `accept_errors_total`.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
+use flashcart_telemetry::Registry;
 use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// Latency buckets from 10 µs to 10 s: instantiation sits at the bottom, deadlines at
-/// the top.
-const BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// How often recorded histogram samples are folded into their buckets.
-const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
-
-/// Installs the recorder (once per process) and returns its handle; `None` when another
-/// recorder was installed first by the embedding program.
-///
-/// The recorder keeps every histogram sample (a value and its time, 24 bytes) until an
-/// upkeep folds them into buckets. Without one, a node that nobody scrapes grows by that
-/// much for every request and Redis command — about 1 GB an hour at 5 000 deducts/s — so
-/// a thread runs the upkeep every [`UPKEEP_PERIOD`] for the life of the process.
-pub fn install() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets(BUCKETS)
-                .expect("the bucket list is not empty");
-            let handle = builder.install_recorder().ok()?;
-            let upkeep = handle.clone();
-            let spawned = std::thread::Builder::new()
-                .name("flashcart-metrics".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(UPKEEP_PERIOD);
-                        upkeep.run_upkeep();
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "no metrics upkeep thread: histograms grow until scraped");
-            }
-            Some(handle)
-        })
-        .as_ref()
+/// The process's registry (shared with settlement when `flashcart up` runs both), installed
+/// on first use; the host's metrics are described there once.
+pub fn install() -> Registry {
+    static DESCRIBED: OnceLock<()> = OnceLock::new();
+    let registry = Registry::process();
+    DESCRIBED.get_or_init(|| registry.register(describe));
+    registry
 }
 
-/// The current metrics in Prometheus text format.
+/// The current metrics of the process in Prometheus text format.
 pub fn render() -> String {
-    match install() {
-        Some(handle) => {
-            handle.run_upkeep();
-            handle.render()
-        }
-        None => "# metrics recorder owned by the embedding program\n".to_owned(),
-    }
+    install().render()
+}
+
+/// `# HELP` text for each of the host's metrics (docs/metrics.md says more).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "flashcart_requests_total",
+        "Requests a component answered, by component and HTTP status."
+    );
+    describe_histogram!(
+        "flashcart_request_duration_seconds",
+        "Time a component took to answer a request, by component."
+    );
+    describe_histogram!(
+        "flashcart_instantiate_seconds",
+        "Store creation and instantiation of a component instance."
+    );
+    describe_counter!(
+        "flashcart_instances_total",
+        "Component instances created (each serves up to --max-instance-reuse requests)."
+    );
+    describe_gauge!(
+        "flashcart_in_flight_requests",
+        "Requests being served by a component now."
+    );
+    describe_counter!(
+        "flashcart_accept_errors_total",
+        "Failed accepts on the application listener (e.g. out of file descriptors)."
+    );
+    describe_gauge!(
+        "flashcart_redis_clients",
+        "Shared Redis clients (one per address a component opened)."
+    );
+    describe_counter!(
+        "flashcart_redis_connects_total",
+        "Redis clients connected (first use of an address)."
+    );
+    describe_histogram!(
+        "flashcart_redis_connect_seconds",
+        "Time to connect a Redis client."
+    );
+    describe_histogram!(
+        "flashcart_redis_command_seconds",
+        "Time of a spin:redis command, by command."
+    );
+    describe_counter!(
+        "flashcart_redis_errors_total",
+        "Failed spin:redis commands, by kind (timeout, connection, server, other)."
+    );
+    describe_counter!(
+        "flashcart_redis_refused_total",
+        "Redis addresses refused by a component's allowed_outbound_hosts, by component."
+    );
 }
 
 /// One component's request metrics, registered once and then only recorded: looking a

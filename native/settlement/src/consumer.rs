@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use flashcart_core::keys::{KeySchema, Partition};
@@ -142,6 +141,8 @@ pub struct Consumer<C> {
     replay: Vec<Option<String>>,
     /// Per partition: the `XAUTOCLAIM` cursor.
     claim_cursor: Vec<String>,
+    /// Entries this consumer moved to a dead-letter stream (what `recover` reports).
+    dead_lettered: usize,
 }
 
 fn partition_of(schema: &KeySchema, index: usize) -> Partition {
@@ -186,6 +187,7 @@ impl<C: ConnectionLike + Send> Consumer<C> {
             cursor: 0,
             replay: vec![Some("0".to_owned()); n],
             claim_cursor: vec!["0-0".to_owned(); n],
+            dead_lettered: 0,
         })
     }
 
@@ -211,7 +213,6 @@ impl<C: ConnectionLike + Send> Consumer<C> {
     /// When Redis or the ledger's database fails; nothing unapplied was acknowledged, and the
     /// same entries are read again by the next step.
     pub async fn step(&mut self) -> Result<Step> {
-        let started = Instant::now();
         let entries = match self.read_batch().await {
             Ok(entries) => entries,
             Err(e) => {
@@ -232,10 +233,6 @@ impl<C: ConnectionLike + Send> Consumer<C> {
                 return Err(e);
             }
         };
-        self.metrics.last_batch_micros.store(
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
         self.metrics.alive();
         Ok(Step::Applied(settled))
     }
@@ -408,7 +405,7 @@ impl<C: ConnectionLike + Send> Consumer<C> {
 
     /// Counts a failure of `entry`; at `max_failures` moves it to the dead-letter stream.
     async fn record_failure(&mut self, entry: Entry, error: &str) -> Result<()> {
-        self.metrics.event_failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.event_failed();
         let key = failures_key(entry.partition);
         let (n, ()): (u32, ()) = redis::pipe()
             .cmd("HINCRBY")
@@ -471,7 +468,8 @@ impl<C: ConnectionLike + Send> Consumer<C> {
             .ignore()
             .query_async::<()>(&mut self.redis)
             .await?;
-        self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.dead_lettered();
+        self.dead_lettered += 1;
         tracing::error!(partition = %p, entry = %id, failures, error, "event dead-lettered");
         Ok(())
     }
@@ -521,9 +519,7 @@ impl<C: ConnectionLike + Send> Consumer<C> {
                 .collect();
             if !claimed.is_empty() {
                 done.claimed += claimed.len();
-                self.metrics
-                    .claimed
-                    .fetch_add(claimed.len() as u64, Ordering::Relaxed);
+                self.metrics.claimed(claimed.len());
                 done.settled += self.settle(claimed, true).await?;
             }
             // Failed entries due for another try.
@@ -578,12 +574,10 @@ impl<C: ConnectionLike + Send> Consumer<C> {
             // One at a time: each has failed before, and must not fail the others again.
             for entry in due {
                 done.claimed += 1;
-                self.metrics.claimed.fetch_add(1, Ordering::Relaxed);
-                let before = self.metrics.dead_lettered.load(Ordering::Relaxed);
+                self.metrics.claimed(1);
+                let before = self.dead_lettered;
                 done.settled += self.settle(vec![entry], true).await?;
-                done.dead_lettered +=
-                    usize::try_from(self.metrics.dead_lettered.load(Ordering::Relaxed) - before)
-                        .unwrap_or(0);
+                done.dead_lettered += self.dead_lettered - before;
             }
         }
         Ok(done)
@@ -612,16 +606,14 @@ impl<C: ConnectionLike + Send> Consumer<C> {
                 .arg(dead_letter_key(p))
                 .query_async(&mut self.redis)
                 .await?;
-            if let Ok(mut gauges) = self.metrics.partitions.lock() {
-                gauges.insert(
-                    p.index(),
-                    PartitionGauges {
-                        lag: info.lag,
-                        pending: info.pending,
-                        dead_letters,
-                    },
-                );
-            }
+            self.metrics.partition(
+                p.index(),
+                PartitionGauges {
+                    lag: info.lag,
+                    pending: info.pending,
+                    dead_letters,
+                },
+            );
             let acknowledged: EntryId = if info.pending > 0 {
                 let summary: redis::Value = redis::cmd("XPENDING")
                     .arg(&key)
@@ -650,7 +642,7 @@ impl<C: ConnectionLike + Send> Consumer<C> {
                 .await?;
             trimmed += n;
         }
-        self.metrics.trimmed.fetch_add(trimmed, Ordering::Relaxed);
+        self.metrics.trimmed(trimmed);
         Ok(trimmed)
     }
 }

@@ -13,7 +13,9 @@
 //! - [`reconcile`]: Redis levels and records against the ledger, per SKU; careful repair.
 //! - [`recovery`]: guards the partitions it settles, and after a Redis restart lifts their
 //!   fence — restoring Redis from the ledger first when Redis lost writes the ledger has.
-//! - [`metrics`]: counters and gauges, served on `/metrics` and `/health`.
+//! - [`metrics`]: counters, gauges and histograms through the `metrics` crate, in the
+//!   process's registry (shared with the host in `flashcart up`) or one of their own; served
+//!   with `/health` by `flashcart_telemetry::serve`.
 //! - [`cli`]: the `reconcile` and `dlq` commands, ready for the `flashcart` CLI to embed.
 //! - [`run`]: the service loop the `flashcart settle` command (and the `flashcart-settle`
 //!   binary) runs until shutdown.
@@ -154,9 +156,15 @@ pub struct Config {
     /// Most reservations (and orders) a timer pass handles per partition.
     #[arg(long, default_value_t = 500)]
     pub timer_batch: usize,
-    /// Serve `/metrics` and `/health` here (e.g. 127.0.0.1:9187).
+    /// Serve `/metrics` and `/health` here (e.g. 127.0.0.1:9187). Inside `flashcart up` the
+    /// metrics are the whole process's, the host's included.
     #[arg(long, env = "FLASHCART_SETTLE_METRICS")]
     pub metrics_addr: Option<SocketAddr>,
+    /// The metrics this run records into; `None` (what the commands use) records into the
+    /// process's registry. An embedder running several settlements in one process (the
+    /// tests) gives each its own ([`Metrics::default`]) to tell them apart.
+    #[arg(skip)]
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -186,6 +194,14 @@ impl std::fmt::Debug for Config {
             .field("no_timers", &self.no_timers)
             .field("timer_batch", &self.timer_batch)
             .field("metrics_addr", &self.metrics_addr)
+            .field(
+                "metrics",
+                &if self.metrics.is_some() {
+                    "own"
+                } else {
+                    "process"
+                },
+            )
             .finish()
     }
 }
@@ -210,6 +226,7 @@ impl Config {
             no_timers: false,
             timer_batch: 500,
             metrics_addr: None,
+            metrics: None,
         }
     }
 
@@ -347,7 +364,10 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let schema = config.schema()?;
     let ledger = config.open_ledger().await?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = config
+        .metrics
+        .clone()
+        .unwrap_or_else(|| Arc::new(Metrics::process()));
     let mut consumer_config = config.consumer_config();
     consumer_config.after_commit = after_commit;
     let mut shutdown = std::pin::pin!(shutdown);
@@ -460,11 +480,15 @@ async fn serve(
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding metrics on {addr}"))?;
+            // 503 once the worker loop has not succeeded for ten maintenance periods (at
+            // least 30 s): long enough for a failover's retries, short enough to page.
             let stale = (config.maintain_every * 10).max(Duration::from_secs(30));
-            Some(tokio::spawn(metrics::serve(
+            let health = Arc::clone(&metrics);
+            Some(tokio::spawn(flashcart_telemetry::serve(
                 listener,
-                metrics.clone(),
-                stale,
+                metrics.registry().clone(),
+                move || health.healthy(stale),
+                std::future::pending(),
             )))
         }
         None => None,
@@ -492,6 +516,7 @@ async fn serve(
         let mut outcome = consumer.step().await;
         if outcome.is_ok() && last_maintenance.elapsed() >= config.maintain_every {
             last_maintenance = Instant::now();
+            metrics.upkeep();
             let maintained = async {
                 let recovered = consumer.recover().await?;
                 let trimmed = consumer.trim().await?;

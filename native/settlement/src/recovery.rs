@@ -20,7 +20,6 @@
 //!   is simply run again.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use flashcart_core::ids::{BuyerId, OrderId, PspEventId, ReservationId, SkuId};
@@ -165,9 +164,7 @@ impl Recovery {
                     match self.restore(p, &highest, image, usize::MAX).await? {
                         Ok(()) => {
                             tracing::warn!(partition = %p, "partition restored from the ledger; fence lifted");
-                            self.metrics
-                                .partitions_restored
-                                .fetch_add(1, Ordering::Relaxed);
+                            self.metrics.restored();
                             pass.restored.push(p);
                         }
                         Err(why) => pass.fenced.push((p, why)),
@@ -175,9 +172,7 @@ impl Recovery {
                 }
             }
         }
-        self.metrics
-            .fenced_partitions
-            .store(pass.fenced.len() as u64, Ordering::Relaxed);
+        self.metrics.fenced(pass.fenced.len());
         Ok(pass)
     }
 

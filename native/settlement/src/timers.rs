@@ -8,7 +8,6 @@
 //! when two processes fire the same timer one releases and the other is told `not_active`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use flashcart_core::ids::OrderId;
 use flashcart_core::inventory::{CancelOutcome, CancelReason, ReleaseOutcome, ReleaseReason};
@@ -124,14 +123,7 @@ impl<E: RedisExecutor> Timers<E> {
             }
         }
         self.metrics
-            .timers_expired
-            .fetch_add(fired.expired as u64, Ordering::Relaxed);
-        self.metrics
-            .timers_cancelled
-            .fetch_add(fired.cancelled as u64, Ordering::Relaxed);
-        self.metrics
-            .refunds_requested
-            .fetch_add(fired.refunds as u64, Ordering::Relaxed);
+            .timers_fired(fired.expired, fired.cancelled, fired.refunds);
         Ok(fired)
     }
 }

@@ -1,8 +1,6 @@
 //! The main flow on both backends: settle real decisions once, redeliveries are no-ops,
 //! reconciliation agrees (and finds and repairs tampering), trimming keeps what is unsettled.
 
-use std::sync::atomic::Ordering;
-
 use anyhow::Result;
 use flashcart_settlement::reconcile::reconcile;
 
@@ -41,8 +39,10 @@ async fn settles_every_event_once_and_redeliveries_are_noops(env: Env) -> Result
         "a redelivery changes nothing"
     );
     let m = consumer.metrics();
-    assert_eq!(m.events_applied.load(Ordering::Relaxed), ids.len() as u64);
-    assert_eq!(m.events_duplicate.load(Ordering::Relaxed), ids.len() as u64);
+    let applied = m.value("flashcart_settle_events_applied_total");
+    assert_eq!(applied, Some(ids.len() as f64));
+    let duplicates = m.value("flashcart_settle_events_duplicate_total");
+    assert_eq!(duplicates, Some(ids.len() as f64));
 
     let report = reconcile(&inv, &ledger, "settlement", false).await?;
     assert!(!report.has_drift(), "{}", report.render());

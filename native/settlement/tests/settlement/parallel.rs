@@ -1,7 +1,5 @@
 //! Two settle workers over the same streams: both work, nothing twice, nothing missed.
 
-use std::sync::atomic::Ordering;
-
 use anyhow::Result;
 use flashcart_settlement::Step;
 
@@ -39,7 +37,12 @@ async fn two_consumers_share_the_work(env: Env) -> Result<()> {
     let mut ledger = None;
     for h in handles {
         let consumer = h.await??;
-        applied.push(consumer.metrics().events_applied.load(Ordering::Relaxed));
+        applied.push(
+            consumer
+                .metrics()
+                .value("flashcart_settle_events_applied_total")
+                .map_or(0, |n| n as u64),
+        );
         ledger = Some(consumer.ledger().clone());
     }
     let ledger = ledger.expect("two consumers");

@@ -326,10 +326,8 @@ async fn a_restart_that_lost_nothing_is_checked_not_restored() -> Result<()> {
         "{pass:?}"
     );
     assert_eq!(
-        metrics
-            .partitions_restored
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
+        metrics.value("flashcart_settle_partitions_restored_total"),
+        Some(0.0)
     );
     inv.reserve(&req, Now::At(T0 + 400_000))
         .await

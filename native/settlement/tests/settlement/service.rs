@@ -32,6 +32,8 @@ async fn runs_serves_metrics_and_shuts_down_gracefully() -> Result<()> {
     let mut config = flashcart_settlement::Config::new(&env.redis.url(), &env.ledger_url);
     config.consumer = Some("svc".into());
     config.metrics_addr = Some(addr);
+    // Its own registry: the other tests of this binary run settlements in this process too.
+    config.metrics = Some(std::sync::Arc::new(flashcart_settlement::Metrics::default()));
     config.maintain_every = Duration::from_millis(100);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(flashcart_settlement::run(config, async {
