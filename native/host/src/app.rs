@@ -152,7 +152,9 @@ impl App {
         let runtime = Runtime::new(config.runtime.clone())?;
 
         if let Some(only) = &config.components
-            && let Some(unknown) = only.iter().find(|id| !manifest.components.contains_key(*id))
+            && let Some(unknown) = only
+                .iter()
+                .find(|id| !manifest.components.contains_key(*id))
         {
             return Err(Error::Invalid(format!(
                 "no component `{unknown}` in {} (it has: {})",

@@ -501,10 +501,7 @@ pub async fn measure_component(bench: ComponentBench) -> anyhow::Result<Componen
     );
     let manifest = Manifest::load(&bench.app.manifest)?;
     let decl = manifest.components.get(id).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no component `{id}` in {}",
-            bench.app.manifest.display()
-        )
+        anyhow::anyhow!("no component `{id}` in {}", bench.app.manifest.display())
     })?;
     let source = decl.source_path(&manifest.base_dir);
     let scratch = tempfile_dir()?;

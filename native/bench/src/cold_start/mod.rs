@@ -28,7 +28,9 @@ use flashcart_core::keys::KeySchema;
 use flashcart_core::sku::SkuSpec;
 use flashcart_core::{Now, ids::SkuId};
 use flashcart_host::AppConfig;
-use flashcart_host::bench::{ColdStartOptions, ComponentBench, ComponentFigures, measure_component};
+use flashcart_host::bench::{
+    ColdStartOptions, ComponentBench, ComponentFigures, measure_component,
+};
 use flashcart_host::manifest::Manifest;
 use flashcart_host::runtime_config::RuntimeConfigFile;
 use flashcart_host::variables::{AppVariables, Providers};
@@ -216,7 +218,12 @@ async fn deployed(
             format!(
                 "no component `{id}` in {} (it has: {})",
                 manifest_path.display(),
-                manifest.components.keys().cloned().collect::<Vec<_>>().join(", ")
+                manifest
+                    .components
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?;
         let source = decl.source_path(&manifest.base_dir);

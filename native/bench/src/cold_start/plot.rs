@@ -30,7 +30,8 @@ type Series = (&'static str, fn(&Record) -> f64);
 /// history is empty, or the file cannot be written.
 pub fn history(history: &History, path: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(
-        path.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")),
+        path.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg")),
         "--plot {}: the plot is an SVG file (name it *.svg)",
         path.display()
     );

@@ -119,13 +119,11 @@ impl Setup<'_> {
         let buyer = format!("cold-{}-{}-{i}", self.run, operation_tag(operation));
         Ok(match operation {
             Operation::StockCheck => Probe::new(Method::GET, format!("/v1/stock/{sku}")),
-            Operation::Deduct => {
-                Probe::new(Method::POST, format!("/v1/stock/{sku}/reservations"))
-                    .header("idempotency-key", format!("{buyer}-key"))
-                    .json(serde_json::to_vec(
-                        &serde_json::json!({ "buyer_id": buyer, "quantity": 1 }),
-                    )?)
-            }
+            Operation::Deduct => Probe::new(Method::POST, format!("/v1/stock/{sku}/reservations"))
+                .header("idempotency-key", format!("{buyer}-key"))
+                .json(serde_json::to_vec(
+                    &serde_json::json!({ "buyer_id": buyer, "quantity": 1 }),
+                )?),
             Operation::OrderCreate => {
                 let reservation = self.reserve(&buyer).await?;
                 Probe::new(Method::POST, "/v1/orders")

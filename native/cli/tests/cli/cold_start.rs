@@ -67,7 +67,10 @@ fn with_custom_section(path: &Path, into: &Path) {
     let name = b"flashcart-cold-start-test";
     let payload = b"another build";
     let content_len = 1 + name.len() + payload.len();
-    assert!(content_len < 128 && name.len() < 128, "one-byte LEB128 sizes");
+    assert!(
+        content_len < 128 && name.len() < 128,
+        "one-byte LEB128 sizes"
+    );
     bytes.push(0); // custom section id
     bytes.push(content_len as u8);
     bytes.push(name.len() as u8);
@@ -151,7 +154,10 @@ fn cold_start_measures_every_component_as_deployed_and_records_each_build_once()
 
     // 3. Another build of deduct: a new record and a change line against the previous one.
     let changed = dir.path().join("flashcart_fn_deduct.wasm");
-    with_custom_section(&repo_root().join("build/flashcart_fn_deduct.wasm"), &changed);
+    with_custom_section(
+        &repo_root().join("build/flashcart_fn_deduct.wasm"),
+        &changed,
+    );
     let manifest = manifest_with_deduct(dir.path(), &changed);
     let third = succeeded(&cold_start(
         &[
@@ -173,7 +179,10 @@ fn cold_start_measures_every_component_as_deployed_and_records_each_build_once()
     assert_eq!(after[5]["digest"], new);
     let line = format!("- deduct {} → {}: compile ", &old[..12], &new[..12]);
     assert!(third.contains(&line), "no `{line}` in:\n{third}");
-    assert!(!third.contains("| admin |"), "-c deduct measured others:\n{third}");
+    assert!(
+        !third.contains("| admin |"),
+        "-c deduct measured others:\n{third}"
+    );
 
     // 4. The plot of the history: an SVG with a row per component.
     let plot = dir.path().join("plots/cold-start.svg");
@@ -190,7 +199,10 @@ fn cold_start_measures_every_component_as_deployed_and_records_each_build_once()
             "no panel for {component}"
         );
     }
-    assert!(svg.contains(&new[..8]), "the new build is not on the x axis");
+    assert!(
+        svg.contains(&new[..8]),
+        "the new build is not on the x axis"
+    );
     assert_eq!(records(&history).len(), 6, "--plot-only measured something");
 
     let png = cold_start(&["--plot", "cold.png", "--plot-only"], &history);
