@@ -9,7 +9,12 @@
 //! checks what must hold after any sale: nothing oversold, the books balance, and the
 //! ledger agrees with Redis once settlement has drained.
 //!
+//! It also holds `flashcart bench cold-start` ([`cold_start`]): what starting each component
+//! of `spin.toml` costs as deployed, recorded per build in a history keyed by the component's
+//! digest.
+//!
 //! Parts:
+//! - [`cold_start`]: the cold-start bench, its history and plot;
 //! - [`sale`]: the options and [`sale::run`], which sets up, runs, checks and reports;
 //! - [`driver`]: closed- and open-loop load over any [`driver::Target`] (latency from the
 //!   intended send time in open loop, so no coordinated omission);
@@ -26,6 +31,7 @@
 
 pub mod baseline;
 pub mod checks;
+pub mod cold_start;
 pub mod cpu;
 pub mod driver;
 pub mod http;

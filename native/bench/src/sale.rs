@@ -281,7 +281,7 @@ pub async fn loopback_address(url: &str, default_port: u16) -> anyhow::Result<So
 }
 
 /// A random hex token (the admin token and signing secret of the bench's own nodes).
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use std::hash::{BuildHasher as _, Hasher as _};
     (0..2)
         .map(|i| {

@@ -1,45 +1,22 @@
 //! `flashcart bench`.
 
-use std::path::PathBuf;
-
 use anyhow::Context as _;
-use flashcart_host::bench::{ColdStartOptions, cold_start};
 
 /// What to measure.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
-    /// Compile, cache-load, per-request instantiation (pooling vs on-demand) and
-    /// first-request latency after a cached start.
-    ColdStart(ColdStartArgs),
+    /// Compile, cache load, first request after a cached start, instantiation and memory per
+    /// instance of every component of the manifest as deployed (its variables, key-value
+    /// store, a private Redis with a SKU), recorded per build in a history; or of one `.wasm`.
+    ColdStart(Box<flashcart_bench::cold_start::Options>),
     /// A flash sale over real HTTP (closed and open loop, sustained and drop), baselines
     /// measured in the same run, and checks that nothing was oversold.
     Sale(Box<flashcart_bench::sale::Options>),
 }
 
-/// Arguments of `flashcart bench cold-start`.
-#[derive(Debug, clap::Args)]
-pub(crate) struct ColdStartArgs {
-    /// The component to measure (a spin-sdk 7 / WASI 0.3 HTTP handler .wasm).
-    #[arg(long)]
-    component: PathBuf,
-    /// Instantiations (and in-process requests) per allocator.
-    #[arg(long, default_value_t = 10_000)]
-    requests: usize,
-}
-
 pub(crate) fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::ColdStart(args) => {
-            let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
-            let report = runtime
-                .block_on(cold_start(&ColdStartOptions {
-                    component: args.component.clone(),
-                    requests: args.requests,
-                }))
-                .with_context(|| format!("benchmarking {}", args.component.display()))?;
-            println!("{}", report.to_markdown());
-            Ok(())
-        }
+        Command::ColdStart(options) => cold_start(*options),
         Command::Sale(options) => {
             let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
             let (report, out) = runtime.block_on(flashcart_bench::sale::run(*options))?;
@@ -50,4 +27,12 @@ pub(crate) fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `flashcart bench cold-start` (and `flashcart build --cold-start`): runs, records, prints.
+pub(crate) fn cold_start(options: flashcart_bench::cold_start::Options) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
+    let report = runtime.block_on(flashcart_bench::cold_start::run(options))?;
+    print!("{report}");
+    Ok(())
 }

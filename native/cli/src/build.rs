@@ -18,6 +18,14 @@ pub(crate) struct Args {
     /// Build only these components (repeatable); all when omitted.
     #[arg(long = "component-id", short = 'c')]
     components: Vec<String>,
+    /// Then measure the built components' cold start as deployed and record it in the
+    /// history, as `flashcart bench cold-start` does (about a minute for five components on
+    /// two cores, and a private redis-server: off by default, so a build stays a build).
+    #[arg(long)]
+    cold_start: bool,
+    /// With `--cold-start`: the history file (default as `flashcart bench cold-start`'s).
+    #[arg(long, requires = "cold_start", env = "FLASHCART_COLD_START_HISTORY")]
+    history: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -31,5 +39,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             built.join(", ")
         }
     );
+    if args.cold_start && !built.is_empty() {
+        let mut options = flashcart_bench::cold_start::Options::for_manifest(args.manifest, built);
+        options.history = args.history;
+        crate::bench::cold_start(options)?;
+    }
     Ok(())
 }

@@ -166,6 +166,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             body_read_timeout: args.body_read_timeout,
             max_connections: connection_cap(args.max_connections),
         },
+        components: None,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async move {

@@ -41,6 +41,10 @@ pub struct AppConfig {
     pub reuse: Reuse,
     /// Limits on client connections (slow or idle clients, too many of them).
     pub connections: Connections,
+    /// Load only these components (and serve only their routes); `None` loads every
+    /// component of the manifest. `flashcart bench cold-start` measures one component at a
+    /// time this way, so a component's figures do not move when another one changes.
+    pub components: Option<Vec<String>>,
 }
 
 /// Limits on client connections, so slow or idle clients cannot lock buyers out.
@@ -80,6 +84,7 @@ impl AppConfig {
             max_body_bytes: 1 << 20,
             reuse: Reuse::default(),
             connections: Connections::default(),
+            components: None,
         }
     }
 }
@@ -146,9 +151,32 @@ impl App {
         let redis = Arc::new(RedisPool::new());
         let runtime = Runtime::new(config.runtime.clone())?;
 
+        if let Some(only) = &config.components
+            && let Some(unknown) = only
+                .iter()
+                .find(|id| !manifest.components.contains_key(*id))
+        {
+            return Err(Error::Invalid(format!(
+                "no component `{unknown}` in {} (it has: {})",
+                config.manifest.display(),
+                manifest
+                    .components
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         let mut ids = Vec::new();
         let mut components = Vec::new();
         for (id, decl) in &manifest.components {
+            if config
+                .components
+                .as_ref()
+                .is_some_and(|only| !only.contains(id))
+            {
+                continue;
+            }
             let component_variables = variables.component_variables(decl)?;
             let mut allowed = Vec::new();
             for entry in &decl.allowed_outbound_hosts {
@@ -209,6 +237,7 @@ impl App {
             });
         }
 
+        // Routes to components left out (`AppConfig::components`) are dropped here.
         let router = Router::new(manifest.http_triggers.iter().filter_map(|t| {
             let index = ids.iter().position(|id| *id == t.component)?;
             t.route.clone().map(|r| (r, index))

@@ -1,11 +1,15 @@
 //! `flashcart bench cold-start`: what a cold start and a request's instance cost.
 //!
-//! For one component it measures, in one run:
-//! - compile time (empty cache) and cache-load time (the next start);
-//! - per-request instantiation (a new `Store` + instantiate from the `InstancePre`),
-//!   p50/p99 over many requests, with the pooling and the on-demand allocator;
-//! - a whole request in-process (instantiate + handle + collect the response);
-//! - the first request over real HTTP after a cached start, and the start itself.
+//! Two ways in:
+//! - [`cold_start`], for one `.wasm` file served on every path (the `hello` test component):
+//!   compile time (empty cache) and cache-load time (the next start); per-request
+//!   instantiation (a new `Store` + instantiate from the `InstancePre`), p50/p99 over many
+//!   requests, with the pooling and the on-demand allocator; a whole request in-process
+//!   (instantiate + handle + collect the response); the first request over real HTTP after
+//!   a cached start, and the start itself; the memory one instance holds.
+//! - [`measure_component`], for one component of a manifest *as deployed*: loaded the way
+//!   `flashcart up` loads it (its variables, key-value store and Redis), sent [`Probe`]s —
+//!   real requests its caller prepared, each of which must answer the expected status.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,8 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::{App, AppConfig};
-use crate::instance::{self, RequestState};
+use crate::instance::{self, ComponentContext, MemoryUse, RequestState};
+use crate::manifest::Manifest;
 use crate::runtime::{Allocator, Runtime, RuntimeConfig};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 /// Options of a run.
 #[derive(Debug, Clone)]
@@ -27,6 +33,8 @@ pub struct ColdStartOptions {
     pub component: PathBuf,
     /// Instantiations per allocator.
     pub requests: usize,
+    /// Cached starts (and cache loads) whose medians are reported.
+    pub starts: usize,
 }
 
 /// Latency percentiles of a series.
@@ -90,6 +98,9 @@ pub struct ColdStartReport {
     pub first_request: Duration,
     /// Starts measured for the medians above.
     pub starts: usize,
+    /// What one instance's memories and tables hold after serving its first request
+    /// (pooling allocator, in-process).
+    pub memory: MemoryUse,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -116,6 +127,18 @@ fn write_manifest(dir: &Path, component: &Path) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// What a single `.wasm` gets: no variables, no stores, no outbound hosts.
+fn bare_context() -> Arc<ComponentContext> {
+    Arc::new(ComponentContext {
+        id: "bench".into(),
+        variables: Default::default(),
+        allowed_hosts: Default::default(),
+        key_value: None,
+        redis: Arc::new(crate::redis_pool::RedisPool::new()),
+        environment: Vec::new(),
+    })
+}
+
 async fn measure_allocator(
     allocator: Allocator,
     cache: &Path,
@@ -128,14 +151,7 @@ async fn measure_allocator(
         ..RuntimeConfig::default()
     })?;
     let loaded = runtime.load("bench", component)?;
-    let context = Arc::new(instance::ComponentContext {
-        id: "bench".into(),
-        variables: Default::default(),
-        allowed_hosts: Default::default(),
-        key_value: None,
-        redis: Arc::new(crate::redis_pool::RedisPool::new()),
-        environment: Vec::new(),
-    });
+    let context = bare_context();
     // Warm up: first instantiations fault in pool pages and code.
     for _ in 0..200 {
         let mut store =
@@ -179,7 +195,24 @@ async fn measure_allocator(
     })
 }
 
-/// One GET over a new TCP connection; returns the status code and body.
+/// The memory one instance of `pre` holds after serving `request`, and its answer: a new
+/// store whose [`wasmtime::ResourceLimiter`] counts every memory and table the instance
+/// creates and every growth while it serves.
+async fn measure_memory(
+    pre: &ServicePre<RequestState>,
+    context: Arc<ComponentContext>,
+    request: http::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> anyhow::Result<(MemoryUse, instance::Answer)> {
+    let mut store = instance::request_store(pre, context, timeout);
+    store.limiter(|state| &mut state.memory);
+    let answer = instance::serve_on(&mut store, pre, request, timeout)
+        .await
+        .map_err(|f| anyhow::anyhow!("in-process request failed: {f:?}"))?;
+    Ok((store.data().memory, answer))
+}
+
+/// One request over a new TCP connection; returns the status code, headers and body.
 ///
 /// A deliberately tiny HTTP/1.1 client (the bench and tests need no more), so the
 /// measurement includes nothing but a connect, the request and the response.
@@ -192,11 +225,29 @@ pub async fn http_request(
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    http_exchange(address, method, path, &[], body).await
+}
+
+/// [`http_request`] with more header lines (`name`, `value`).
+///
+/// # Errors
+/// On I/O errors or a malformed response.
+pub async fn http_exchange(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
     let mut stream = TcpStream::connect(address).await?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {address}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {address}\r\ncontent-length: {}\r\nconnection: close\r\n",
         body.len()
     );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     let mut raw = Vec::new();
@@ -238,7 +289,7 @@ pub async fn cold_start(options: &ColdStartOptions) -> anyhow::Result<ColdStartR
     drop(runtime);
 
     // Cache loads: new engines (as new processes would have) on the warm cache.
-    let starts = 5;
+    let starts = options.starts.max(1);
     let mut loads = Vec::new();
     for _ in 0..starts {
         let runtime = Runtime::new(RuntimeConfig {
@@ -250,6 +301,25 @@ pub async fn cold_start(options: &ColdStartOptions) -> anyhow::Result<ColdStartR
 
     let pooling =
         measure_allocator(Allocator::Pooling, &cache, &component, options.requests).await?;
+    let memory = {
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.clone()),
+            ..RuntimeConfig::default()
+        })?;
+        let loaded = runtime.load("bench", &component)?;
+        let context = bare_context();
+        let request = http::Request::builder()
+            .uri("http://bench.local/")
+            .body(Full::new(Bytes::new()))?;
+        let (memory, answer) =
+            measure_memory(&loaded.pre, context, request, Duration::from_secs(10)).await?;
+        anyhow::ensure!(
+            answer.parts.status.is_success(),
+            "bench component answered {}",
+            answer.parts.status
+        );
+        memory
+    };
     let on_demand =
         measure_allocator(Allocator::OnDemand, &cache, &component, options.requests).await?;
 
@@ -286,17 +356,281 @@ pub async fn cold_start(options: &ColdStartOptions) -> anyhow::Result<ColdStartR
         cached_start: median(start_times),
         first_request: median(first_requests),
         starts,
+        memory,
     })
 }
 
+/// A new scratch directory under the system's temp dir (the bench removes it when done).
 fn tempfile_dir() -> std::io::Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let dir = std::env::temp_dir().join(format!(
-        "flashcart-bench-{}-{}",
+        "flashcart-bench-{}-{nanos}-{}",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// A real request for one component, prepared by the caller (fresh ids, a valid signature):
+/// the deployed-component bench sends each one once and requires its expected status.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The method.
+    pub method: http::Method,
+    /// Path and query.
+    pub path: String,
+    /// Header lines besides `host`, `content-length` and `connection`.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Probe {
+    /// A request with no headers and no body.
+    pub fn new(method: http::Method, path: impl Into<String>) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Adds a header line.
+    #[must_use]
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// Sets a JSON body (and its content type).
+    #[must_use]
+    pub fn json(self, body: Vec<u8>) -> Self {
+        let mut probe = self.header("content-type", "application/json");
+        probe.body = body;
+        probe
+    }
+
+    fn to_http(&self) -> anyhow::Result<http::Request<Full<Bytes>>> {
+        let mut request = http::Request::builder()
+            .method(self.method.clone())
+            .uri(format!("http://bench.local{}", self.path));
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        Ok(request.body(Full::new(Bytes::from(self.body.clone())))?)
+    }
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+/// One component of a manifest to measure as deployed.
+#[derive(Debug, Clone)]
+pub struct ComponentBench {
+    /// The application as `flashcart up` would load it (manifest, variables, runtime
+    /// config); its cache directory and component list are replaced by the bench's own.
+    pub app: AppConfig,
+    /// The component's id in the manifest.
+    pub component: String,
+    /// The status every probe must answer.
+    pub expect: u16,
+    /// At least `starts + 1` requests, each sent once: one per cached start, then one on an
+    /// instance whose memory is counted.
+    pub probes: Vec<Probe>,
+    /// Timed instantiations (after a warm-up of up to 200).
+    pub instantiations: usize,
+    /// Cached starts (and cache loads) whose medians are reported.
+    pub starts: usize,
+}
+
+/// What one component of a manifest costs to start and to instantiate, as deployed.
+#[derive(Debug, Clone)]
+pub struct ComponentFigures {
+    /// The component's id.
+    pub component: String,
+    /// Its `.wasm` file.
+    pub source: PathBuf,
+    /// `Component::from_binary` with an empty compiled-code cache.
+    pub compile: Duration,
+    /// The same in a new engine on the warm cache (median of `starts`).
+    pub cache_load: Duration,
+    /// From connect to the whole response, the first request to an app started on the warm
+    /// cache (median of `starts` starts, each a new app: new instances, new Redis
+    /// connection, new key-value store unless the runtime config keeps one on disk).
+    pub first_request: Duration,
+    /// `Store::new` + instantiate from the pre-instance, pooling allocator, as `flashcart up`
+    /// does for a new instance.
+    pub instantiate: Percentiles,
+    /// What one instance holds after serving one probe in-process.
+    pub memory: MemoryUse,
+    /// Cached starts measured.
+    pub starts: usize,
+}
+
+fn failed_probe(id: &str, probe: &Probe, expect: u16, status: u16, body: &[u8]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "component `{id}`: {probe} answered {status}, not {expect}; body: {}",
+        String::from_utf8_lossy(&body[..body.len().min(2048)])
+    )
+}
+
+/// Measures one component of a manifest as `flashcart up` deploys it: compile (empty
+/// cache), cache load, the first request after each of `starts` cached starts over real
+/// HTTP (an app of this component alone, so its figures do not move when another component
+/// changes), instantiation percentiles and the memory of one instance.
+///
+/// # Errors
+/// When the component cannot be loaded, or a probe fails or answers another status than
+/// `expect` (the message names the component, the request, the status and the body).
+pub async fn measure_component(bench: ComponentBench) -> anyhow::Result<ComponentFigures> {
+    let id = bench.component.as_str();
+    anyhow::ensure!(bench.starts >= 1, "at least one start");
+    anyhow::ensure!(
+        bench.probes.len() > bench.starts,
+        "component `{id}`: {} probes for {} starts and the memory request",
+        bench.probes.len(),
+        bench.starts
+    );
+    let manifest = Manifest::load(&bench.app.manifest)?;
+    let decl = manifest.components.get(id).ok_or_else(|| {
+        anyhow::anyhow!("no component `{id}` in {}", bench.app.manifest.display())
+    })?;
+    let source = decl.source_path(&manifest.base_dir);
+    let scratch = tempfile_dir()?;
+    let measured = measure_in(&bench, &source, &scratch.join("cache")).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (compile, cache_load, first_request, instantiate, memory) = measured?;
+    Ok(ComponentFigures {
+        component: id.to_owned(),
+        source,
+        compile,
+        cache_load,
+        first_request,
+        instantiate,
+        memory,
+        starts: bench.starts,
+    })
+}
+
+type Measured = (Duration, Duration, Duration, Percentiles, MemoryUse);
+
+async fn measure_in(
+    bench: &ComponentBench,
+    source: &Path,
+    cache: &Path,
+) -> anyhow::Result<Measured> {
+    let id = bench.component.as_str();
+    let engine_config = RuntimeConfig {
+        cache_dir: Some(cache.to_owned()),
+        ..bench.app.runtime.clone()
+    };
+    // Compile into an empty cache, then load from it in new engines, as new processes would.
+    let compile = Runtime::new(engine_config.clone())?
+        .load(id, source)?
+        .load_time;
+    let mut loads = Vec::with_capacity(bench.starts);
+    for _ in 0..bench.starts {
+        loads.push(
+            Runtime::new(engine_config.clone())?
+                .load(id, source)?
+                .load_time,
+        );
+    }
+
+    let mut config = bench.app.clone();
+    config.runtime = engine_config;
+    config.components = Some(vec![id.to_owned()]);
+    let mut probes = bench.probes.iter();
+    let mut first_requests = Vec::with_capacity(bench.starts);
+    let mut app = None;
+    for _ in 0..bench.starts {
+        let probe = probes.next().expect("counted above");
+        let started_app = Arc::new(App::load(&config)?);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::server::run(
+            Arc::clone(&started_app),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let started = Instant::now();
+        let answer = http_exchange(
+            address,
+            probe.method.as_str(),
+            &probe.path,
+            &probe.headers,
+            &probe.body,
+        )
+        .await;
+        let took = started.elapsed();
+        let _ = stop.send(());
+        server.await??;
+        let (status, _, body) =
+            answer.map_err(|e| anyhow::anyhow!("component `{id}`: {probe}: {e:#}"))?;
+        if status != bench.expect {
+            return Err(failed_probe(id, probe, bench.expect, status, &body));
+        }
+        first_requests.push(took);
+        app = Some(started_app);
+    }
+    let app = app.expect("at least one start");
+    let component = app
+        .components()
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("component `{id}` was not loaded"))?;
+
+    // New instances from the pre-instance, as the host makes one for a request.
+    let context = || RequestState::new(Arc::clone(&component.context));
+    for _ in 0..bench.instantiations.min(200) {
+        let mut store = wasmtime::Store::new(component.pre.engine(), context());
+        store.set_epoch_deadline(u64::MAX / 2);
+        component.pre.instantiate_async(&mut store).await?;
+    }
+    let mut instantiate = Vec::with_capacity(bench.instantiations);
+    for _ in 0..bench.instantiations {
+        let started = Instant::now();
+        let mut store = wasmtime::Store::new(component.pre.engine(), context());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let _service = component.pre.instantiate_async(&mut store).await?;
+        instantiate.push(started.elapsed());
+    }
+
+    let probe = probes.next().expect("counted above");
+    let (memory, answer) = measure_memory(
+        &component.pre,
+        Arc::clone(&component.context),
+        probe.to_http()?,
+        app.request_timeout(),
+    )
+    .await
+    .map_err(|e| e.context(format!("component `{id}`: {probe}")))?;
+    if answer.parts.status.as_u16() != bench.expect {
+        return Err(failed_probe(
+            id,
+            probe,
+            bench.expect,
+            answer.parts.status.as_u16(),
+            &answer.body,
+        ));
+    }
+    Ok((
+        compile,
+        median(loads),
+        median(first_requests),
+        Percentiles::of(instantiate),
+        memory,
+    ))
 }
 
 fn us(d: Duration) -> String {
@@ -377,6 +711,11 @@ impl ColdStartReport {
             "| first HTTP request after a cached start (median of {}) | {} |\n",
             self.starts,
             ms(self.first_request)
+        ));
+        out.push_str(&format!(
+            "| memory per instance (linear memory after its first request; table elements) | {} KiB; {} |\n",
+            self.memory.linear_bytes / 1024,
+            self.memory.table_elements
         ));
         out
     }

@@ -42,6 +42,49 @@ pub struct RequestState {
     hooks: NoOutboundHttp,
     pub(crate) table: ResourceTable,
     pub(crate) component: Arc<ComponentContext>,
+    /// What the instance's memories and tables have grown to; counted only when the store's
+    /// limiter is set to it (`flashcart bench cold-start`), never on the serving path.
+    pub(crate) memory: MemoryUse,
+}
+
+/// What one instance's linear memories and tables hold: the sizes wasmtime asks a
+/// [`wasmtime::ResourceLimiter`] about when it creates them (their declared minimum) and each
+/// time the guest grows them. Logical sizes in wasm pages, not resident memory: a page the
+/// guest never touches costs no RAM.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Bytes of linear memory, all of the instance's memories together.
+    pub linear_bytes: u64,
+    /// Table elements, all of the instance's tables together.
+    pub table_elements: u64,
+}
+
+impl wasmtime::ResourceLimiter for MemoryUse {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Allowed here; the pool's limits still apply. A growth past the maximum fails
+        // after this call, so it is not counted.
+        if maximum.is_none_or(|max| desired <= max) {
+            self.linear_bytes += desired.saturating_sub(current) as u64;
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_none_or(|max| desired <= max) {
+            self.table_elements += desired.saturating_sub(current) as u64;
+        }
+        Ok(true)
+    }
 }
 
 impl RequestState {
@@ -57,6 +100,7 @@ impl RequestState {
             hooks: NoOutboundHttp,
             table: ResourceTable::new(),
             component,
+            memory: MemoryUse::default(),
         }
     }
 }
@@ -135,24 +179,45 @@ pub struct Answer {
 }
 
 /// Runs one request on a fresh instance of `pre` and collects the whole response.
-///
-/// The response body is collected inside the store's event loop: guest bodies are
-/// streams the guest writes while the loop runs, and flashcart's answers are small.
 pub async fn serve(
     pre: &ServicePre<RequestState>,
     component: Arc<ComponentContext>,
     request: http::Request<Full<Bytes>>,
     timeout: Duration,
 ) -> Result<Answer, Failure> {
-    let started = Instant::now();
+    let mut store = request_store(pre, component, timeout);
+    serve_on(&mut store, pre, request, timeout).await
+}
+
+/// A new store for one request of `component`, its deadline `timeout` from now.
+pub(crate) fn request_store(
+    pre: &ServicePre<RequestState>,
+    component: Arc<ComponentContext>,
+    timeout: Duration,
+) -> Store<RequestState> {
     let mut store = Store::new(pre.engine(), RequestState::new(component));
     let ticks = (timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
     store.set_epoch_deadline(ticks);
     store.epoch_deadline_trap();
+    store
+}
 
+/// Instantiates `pre` in `store` (a new one from [`request_store`]), runs one request and
+/// collects the whole response; the store is left to the caller (the bench reads what the
+/// instance's memory grew to).
+///
+/// The response body is collected inside the store's event loop: guest bodies are
+/// streams the guest writes while the loop runs, and flashcart's answers are small.
+pub(crate) async fn serve_on(
+    store: &mut Store<RequestState>,
+    pre: &ServicePre<RequestState>,
+    request: http::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<Answer, Failure> {
+    let started = Instant::now();
     let work = async move {
         let service = pre
-            .instantiate_async(&mut store)
+            .instantiate_async(&mut *store)
             .await
             .map_err(|e| classify(e, timeout))?;
         let instantiate = started.elapsed();

@@ -129,6 +129,10 @@ const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 /// Slots whose memory is decommitted together (one TLB shootdown for the batch).
 const DECOMMIT_BATCH: usize = 32;
 
+/// The wasmtime this host is built on (what `flashcart bench cold-start` records beside its
+/// figures; a test holds it to `Cargo.lock`).
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
 /// How often the epoch advances: the granularity of request deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -320,5 +324,21 @@ impl Drop for Runtime {
             // when tests build many runtimes.
             let _ = ticker.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_wasmtime_version_is_the_locked_one() {
+        let lock = include_str!("../../../Cargo.lock");
+        assert!(
+            lock.contains(&format!(
+                "name = \"wasmtime\"\nversion = \"{}\"",
+                super::WASMTIME_VERSION
+            )),
+            "Cargo.lock locks another wasmtime than WASMTIME_VERSION ({})",
+            super::WASMTIME_VERSION
+        );
     }
 }

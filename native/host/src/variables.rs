@@ -129,6 +129,11 @@ impl AppVariables {
         Ok(Self { values })
     }
 
+    /// The value of application variable `name`, if it is declared.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.values.get(name)
+    }
+
     /// Renders a component's variables (templates over application variables).
     ///
     /// # Errors

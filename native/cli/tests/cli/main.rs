@@ -1,10 +1,12 @@
 //! The `flashcart` binary end to end: `up` serves and stops cleanly on Ctrl-C
 //! (SIGINT) and SIGTERM; `build` runs the manifest's build commands; `bench sale` runs a
-//! small sale and reports it clean; the live sale page shows a sale in headless Chromium;
-//! the docs' commands run as written; `metrics` holds a node's scrape to docs/metrics.md; the
-//! fault scenarios that need a whole node (`crash`, `crowd`) run the repo's `spin.toml`
-//! through [`node`].
+//! small sale and reports it clean; `bench cold-start` measures the five components as
+//! deployed and keeps their history (`cold_start`); the live sale page shows a sale in headless
+//! Chromium; the docs' commands run as written; `metrics` holds a node's scrape to
+//! docs/metrics.md; the fault scenarios that need a whole node (`crash`, `crowd`) run the
+//! repo's `spin.toml` through [`node`].
 
+mod cold_start;
 mod crash;
 mod crowd;
 mod docs;
