@@ -27,24 +27,29 @@ pub struct OrderRequest {
 
 /// An order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Order {
     /// Its id.
     pub id: OrderId,
     /// The state.
     pub state: OrderState,
     /// The SKU.
+    #[cfg_attr(feature = "openapi", schemars(with = "crate::ids::SkuId"))]
     pub sku: String,
     /// Units.
     pub quantity: u64,
     /// Amount due, minor units.
     pub amount: u64,
     /// Currency.
+    #[cfg_attr(feature = "openapi", schemars(with = "crate::ids::Currency"))]
     pub currency: String,
     /// Payment deadline, unix ms.
     pub payment_deadline: u64,
     /// The reservation it was made from.
+    #[cfg_attr(feature = "openapi", schemars(with = "crate::ids::ReservationId"))]
     pub reservation: String,
     /// The buyer.
+    #[cfg_attr(feature = "openapi", schemars(with = "crate::ids::BuyerId"))]
     pub buyer: String,
     /// Whether this answer replays an earlier decision.
     #[serde(skip)]

@@ -30,6 +30,7 @@ impl PaymentNotice {
 
 /// What a payment did. Every outcome is recorded, so a replayed event answers the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentOutcome {
     /// The order is paid.

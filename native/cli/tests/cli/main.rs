@@ -1,8 +1,10 @@
 //! The `flashcart` binary end to end: `up` serves and stops cleanly on Ctrl-C
 //! (SIGINT) and SIGTERM; `build` runs the manifest's build commands; `bench sale` runs a
 //! small sale and reports it clean; the fault scenarios that need a whole node (`crash`,
-//! `crowd`) run the repo's `spin.toml` through [`node`].
+//! `crowd`) and the API contract checked by schemathesis against the document the node
+//! serves (`contract`) run the repo's `spin.toml` through [`node`].
 
+mod contract;
 mod crash;
 mod crowd;
 mod node;
