@@ -233,10 +233,11 @@ mod tests {
     /// The field a refusal names, and whether it is a range (400) or a disagreement (422).
     fn refusal(s: &SkuSpec) -> (u16, &'static str) {
         match s.validate() {
-            Err(r @ (Rejection::Invalid(ref e) | Rejection::Inconsistent(ref e))) => {
-                (r.status(), e.field)
-            }
-            other => panic!("{other:?}"),
+            Err(r) => match &r {
+                Rejection::Invalid(e) | Rejection::Inconsistent(e) => (r.status(), e.field),
+                other => panic!("{other:?}"),
+            },
+            Ok(()) => panic!("accepted"),
         }
     }
 

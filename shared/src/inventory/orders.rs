@@ -11,6 +11,7 @@ use crate::functions::orders::{
 use crate::ids::{BuyerId, IdempotencyKey, OrderId, ReservationId};
 use crate::keys::Partition;
 use crate::order::{OrderEvent, OrderState};
+use crate::problem::Rejection;
 
 /// Turn a reservation into an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +86,7 @@ impl<E: RedisExecutor> Inventory<E> {
     /// Unknown reservation (or not the buyer's), reservation gone (expired or released),
     /// already ordered, idempotency mismatch, unavailable.
     pub async fn create_order(&self, req: &OrderRequest, now: Now) -> Result<Order> {
-        let p = self.check_partition(req.reservation.partition())?;
+        let p = self.check_partition(req.reservation.partition(), Rejection::UnknownReservation)?;
         // The key is bound in the buyer's home partition; when the reservation lives there
         // too, the order's own record is that binding (one call).
         let home = self.schema.home_of_buyer(&req.buyer);
@@ -154,7 +155,7 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// [`Rejection::UnknownOrder`], or unavailable.
     pub async fn order(&self, id: &OrderId) -> Result<Order> {
-        self.check_partition(id.partition())?;
+        self.check_partition(id.partition(), Rejection::UnknownOrder)?;
         self.call(&OrderGet { id }).await
     }
 
@@ -169,7 +170,7 @@ impl<E: RedisExecutor> Inventory<E> {
         reason: CancelReason,
         now: Now,
     ) -> Result<CancelOutcome> {
-        self.check_partition(id.partition())?;
+        self.check_partition(id.partition(), Rejection::UnknownOrder)?;
         self.call(&OrderCancel { id, reason, now }).await
     }
 
@@ -190,7 +191,7 @@ impl<E: RedisExecutor> Inventory<E> {
     }
 
     async fn refund_step(&self, id: &OrderId, event: OrderEvent, now: Now) -> Result<OrderState> {
-        self.check_partition(id.partition())?;
+        self.check_partition(id.partition(), Rejection::UnknownOrder)?;
         self.call(&Refund { id, event, now }).await
     }
 }

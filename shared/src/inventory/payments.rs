@@ -6,6 +6,7 @@ use super::{Inventory, Now, Result};
 use crate::exec::RedisExecutor;
 use crate::functions::payments::Payment;
 use crate::ids::{Currency, OrderId, PspEventId};
+use crate::problem::Rejection;
 
 /// A payment provider's report that an order was paid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +55,7 @@ impl<E: RedisExecutor> Inventory<E> {
         notice: &PaymentNotice,
         now: Now,
     ) -> Result<(PaymentOutcome, bool)> {
-        self.check_partition(notice.order.partition())?;
+        self.check_partition(notice.order.partition(), Rejection::UnknownOrder)?;
         // The event id is bound to this payment in its own partition first: the same id for
         // another order (in any partition) is refused, a replay passes.
         let at = self.schema.home_of_psp_event(&notice.event_id);

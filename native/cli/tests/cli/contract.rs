@@ -76,9 +76,8 @@ fn the_running_node_keeps_the_contract_it_serves() {
             MAX_EXAMPLES,
             "--seed",
             SEED,
+            // Implies no example database: nothing is kept between runs.
             "--generation-deterministic",
-            "--generation-database",
-            "none",
             "--workers",
             "1",
             "--request-timeout",
