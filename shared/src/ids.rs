@@ -29,12 +29,63 @@ impl ValidationError {
     }
 }
 
+/// The characters an identifier may hold, written once as the body of a regular-expression
+/// character class (ranges and single characters; a `-` last is itself). Validation reads it
+/// here ([`Charset::allows`]); the OpenAPI document's `pattern` is built from the same text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charset(&'static str);
+
+impl Charset {
+    /// `A-Z a-z 0-9 - _ .`: SKUs, and the SKU inside reservation and order ids.
+    pub const ID: Charset = Charset("A-Za-z0-9._-");
+    /// [`Charset::ID`] and `: @`: buyers.
+    pub const BUYER: Charset = Charset("A-Za-z0-9._:@-");
+    /// [`Charset::ID`] and `:`: payment provider event ids.
+    pub const EVENT: Charset = Charset("A-Za-z0-9._:-");
+    /// Visible ASCII, `!` to `~`: `Idempotency-Key` values.
+    pub const VISIBLE: Charset = Charset("!-~");
+
+    /// The character class's body, e.g. `A-Za-z0-9._-`.
+    pub fn class(self) -> &'static str {
+        self.0
+    }
+
+    /// Whether `c` is in the set.
+    pub fn allows(self, c: char) -> bool {
+        if !c.is_ascii() {
+            return false;
+        }
+        let c = c as u8;
+        let class = self.0.as_bytes();
+        let mut i = 0;
+        while i < class.len() {
+            if i + 2 < class.len() && class[i + 1] == b'-' {
+                if (class[i]..=class[i + 2]).contains(&c) {
+                    return true;
+                }
+                i += 3;
+            } else {
+                if class[i] == c {
+                    return true;
+                }
+                i += 1;
+            }
+        }
+        false
+    }
+
+    /// A regular expression for 1 to `max_len` of these characters, not all dots: what
+    /// [`check`] accepts. Unanchored, so that it can be embedded; it ends the text it matches.
+    pub fn pattern(self, max_len: usize) -> String {
+        format!("(?!\\.+$)[{}]{{1,{max_len}}}", self.0)
+    }
+}
+
 fn check(
     field: &'static str,
     value: &str,
     max_len: usize,
-    allowed: impl Fn(char) -> bool,
-    charset: &str,
+    charset: Charset,
 ) -> Result<(), ValidationError> {
     if value.is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
@@ -50,21 +101,20 @@ fn check(
         // an id could be created but never reached again.
         return Err(ValidationError::new(field, "must not consist of dots only"));
     }
-    if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
+    if let Some(bad) = value.chars().find(|c| !charset.allows(*c)) {
         return Err(ValidationError::new(
             field,
-            format!("contains {bad:?}; allowed characters are {charset}"),
+            format!(
+                "contains {bad:?}; allowed characters are [{}]",
+                charset.class()
+            ),
         ));
     }
     Ok(())
 }
 
-fn id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-}
-
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $allowed:expr, $charset:literal) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $charset:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -79,9 +129,12 @@ macro_rules! string_id {
             /// # Errors
             /// When it is empty, longer than [`Self::MAX_LEN`] or has a character outside the charset.
             pub fn parse(value: &str) -> Result<Self, ValidationError> {
-                check($field, value, $max, $allowed, $charset)?;
+                check($field, value, $max, $charset)?;
                 Ok(Self(value.to_owned()))
             }
+
+            /// The characters it may hold.
+            pub const CHARSET: Charset = $charset;
 
             /// The validated text.
             pub fn as_str(&self) -> &str {
@@ -89,10 +142,21 @@ macro_rules! string_id {
             }
         }
 
+        #[cfg(feature = "openapi")]
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                crate::schema::text($name::MAX_LEN, &$name::CHARSET.pattern($name::MAX_LEN))
+            }
+        }
+
         impl TryFrom<String> for $name {
             type Error = ValidationError;
             fn try_from(value: String) -> Result<Self, Self::Error> {
-                check($field, &value, $max, $allowed, $charset)?;
+                check($field, &value, $max, $charset)?;
                 Ok(Self(value))
             }
         }
@@ -112,20 +176,21 @@ macro_rules! string_id {
 }
 
 string_id!(
-    /// A stock-keeping unit: 1–64 bytes of `A-Z a-z 0-9 - _ .`.
-    SkuId, "sku", 64, id_char, "A-Z a-z 0-9 - _ ."
+    /// A stock-keeping unit: 1–64 bytes of `A-Z a-z 0-9 - _ .`, not only dots.
+    SkuId, "sku", 64, Charset::ID
 );
 string_id!(
-    /// A buyer: 1–128 bytes of `A-Z a-z 0-9 - _ . : @`.
-    BuyerId, "buyer", 128, |c: char| id_char(c) || matches!(c, ':' | '@'), "A-Z a-z 0-9 - _ . : @"
+    /// A buyer: 1–128 bytes of `A-Z a-z 0-9 - _ . : @`, not only dots.
+    BuyerId, "buyer", 128, Charset::BUYER
 );
 string_id!(
-    /// An `Idempotency-Key` header value: 1–255 bytes of visible ASCII (`!` to `~`).
-    IdempotencyKey, "Idempotency-Key", 255, |c: char| c.is_ascii_graphic(), "visible ASCII"
+    /// An `Idempotency-Key` header value: 1–255 bytes of visible ASCII (`!` to `~`), not
+    /// only dots.
+    IdempotencyKey, "Idempotency-Key", 255, Charset::VISIBLE
 );
 string_id!(
-    /// A payment provider's event id: 1–255 bytes of `A-Z a-z 0-9 - _ . :`.
-    PspEventId, "event_id", 255, |c: char| id_char(c) || c == ':', "A-Z a-z 0-9 - _ . :"
+    /// A payment provider's event id: 1–255 bytes of `A-Z a-z 0-9 - _ . :`, not only dots.
+    PspEventId, "event_id", 255, Charset::EVENT
 );
 
 /// An ISO 4217 currency code: three upper-case letters.
@@ -152,6 +217,21 @@ impl Currency {
     /// The code.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl schemars::JsonSchema for Currency {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Currency".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[A-Z]{3}$",
+            "description": "ISO 4217: three upper-case letters.",
+        })
     }
 }
 
@@ -203,6 +283,17 @@ impl Quantity {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl schemars::JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "integer", "minimum": 1, "maximum": Quantity::MAX })
+    }
+}
+
 impl TryFrom<u64> for Quantity {
     type Error = ValidationError;
     fn try_from(value: u64) -> Result<Self, Self::Error> {
@@ -222,6 +313,9 @@ impl From<Quantity> for u32 {
 pub struct HoldToken(String);
 
 impl HoldToken {
+    /// Its length: hex digits of 8 bytes.
+    const LEN: usize = 16;
+
     /// Derives the token of a reserve request.
     pub fn derive(buyer: &BuyerId, key: &IdempotencyKey) -> Self {
         let digest = crate::digest(&[b"hold", buyer.as_str().as_bytes(), key.as_str().as_bytes()]);
@@ -229,7 +323,7 @@ impl HoldToken {
     }
 
     fn parse(value: &str) -> Option<Self> {
-        (value.len() == 16
+        (value.len() == Self::LEN
             && value
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
@@ -298,6 +392,25 @@ macro_rules! placed_id {
             /// The SKU.
             pub fn sku(&self) -> &SkuId {
                 &self.sku
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                // The longest partition [`Self::parse`] reads is 4 digits.
+                let max = $prefix.len() + 1 + 4 + 1 + HoldToken::LEN + 1 + SkuId::MAX_LEN;
+                let pattern = format!(
+                    "{}_[0-9]{{1,4}}_[0-9a-f]{{{}}}_{}",
+                    $prefix,
+                    HoldToken::LEN,
+                    SkuId::CHARSET.pattern(SkuId::MAX_LEN)
+                );
+                crate::schema::text(max, &pattern)
             }
         }
 

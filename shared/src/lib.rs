@@ -16,6 +16,8 @@
 //! - [`signature`]: the payment provider's webhook signature (Stripe-compatible)
 //! - [`event`]: the events each decision appends to its partition's stream
 //! - [`exec`]: the one door to Redis
+//! - `schema` (feature `openapi`): JSON Schemas of the validated types, read from the same
+//!   limits and character sets as their validation
 #![deny(missing_docs)]
 
 pub mod event;
@@ -28,6 +30,8 @@ pub mod library;
 pub mod order;
 pub mod problem;
 pub mod recovery;
+#[cfg(feature = "openapi")]
+pub(crate) mod schema;
 pub mod signature;
 pub mod sku;
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OrderState {
     /// Created from a reservation; waiting for the payment until the deadline.

@@ -42,6 +42,11 @@ pub enum Rejection {
     /// An input failed validation (400). Nothing is stored.
     #[error("invalid request: {0}")]
     Invalid(#[from] ValidationError),
+    /// Every input is valid on its own, but they disagree with each other (422): a SKU's
+    /// segments outnumber its units, its sale ends before it starts, a body names another SKU
+    /// than the path. Nothing is stored.
+    #[error("inconsistent request: {0}")]
+    Inconsistent(ValidationError),
     /// A mutating call came without an `Idempotency-Key` (400).
     #[error("the Idempotency-Key header is required")]
     MissingIdempotencyKey,
@@ -159,6 +164,7 @@ impl Rejection {
     pub fn decided_nothing(&self) -> bool {
         match self {
             Rejection::Invalid(_)
+            | Rejection::Inconsistent(_)
             | Rejection::MissingIdempotencyKey
             | Rejection::UnknownSku
             | Rejection::NotOnSale { .. }
@@ -211,7 +217,7 @@ impl Rejection {
             Rejection::SaleEnded | Rejection::ReservationGone => 410,
             Rejection::PayloadTooLarge => 413,
             Rejection::UnsupportedMediaType => 415,
-            Rejection::IdempotencyMismatch => 422,
+            Rejection::IdempotencyMismatch | Rejection::Inconsistent(_) => 422,
             Rejection::RateLimited { .. } => 429,
             Rejection::Fenced
             | Rejection::Unavailable(_)
@@ -224,6 +230,7 @@ impl Rejection {
     pub fn slug(&self) -> &'static str {
         match self {
             Rejection::Invalid(_) => "invalid-request",
+            Rejection::Inconsistent(_) => "inconsistent-request",
             Rejection::MissingIdempotencyKey => "idempotency-key-missing",
             Rejection::IdempotencyMismatch => "idempotency-key-reused",
             Rejection::IdempotencyInFlight => "idempotency-key-in-flight",
@@ -256,7 +263,7 @@ impl Rejection {
     pub fn problem(&self) -> Problem {
         let mut extensions = serde_json::Map::new();
         match self {
-            Rejection::Invalid(e) => {
+            Rejection::Invalid(e) | Rejection::Inconsistent(e) => {
                 extensions.insert("field".into(), e.field.into());
             }
             Rejection::NotOnSale { starts_at } => {
@@ -307,6 +314,7 @@ mod tests {
     fn all() -> Vec<Rejection> {
         vec![
             Rejection::Invalid(ValidationError::new("sku", "bad")),
+            Rejection::Inconsistent(ValidationError::new("sale_end", "before")),
             Rejection::MissingIdempotencyKey,
             Rejection::IdempotencyMismatch,
             Rejection::IdempotencyInFlight,

@@ -6,9 +6,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{Currency, SkuId, ValidationError};
 use crate::keys::{KeySchema, Partition};
+use crate::problem::Rejection;
 
-/// What an operator loads (preheats) before a drop. Validate with [`SkuSpec::validate`].
+/// A SKU's terms, as an operator loads (preheats) them before a drop. Besides each field's
+/// range: `segments` at most `stock`, `sale_end` after `sale_start` (422 otherwise).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(schemars::JsonSchema),
+    schemars(rename = "SkuTerms", transform = SkuSpec::ranges)
+)]
 #[serde(deny_unknown_fields)]
 pub struct SkuSpec {
     /// The SKU.
@@ -53,6 +60,22 @@ impl SkuSpec {
     pub const MAX_SEGMENTS: u16 = 64;
     /// Largest price of one unit, in minor units; amounts stay exact in Lua's doubles.
     pub const MAX_PRICE: u64 = 1_000_000_000_000;
+    /// Shortest reservation TTL and payment window, ms (1 s).
+    pub const MIN_WINDOW_MS: u64 = 1_000;
+    /// Longest reservation TTL and payment window, ms (7 days).
+    pub const MAX_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
+
+    /// The ranges [`SkuSpec::validate`] checks, in the JSON Schema.
+    #[cfg(feature = "openapi")]
+    fn ranges(schema: &mut schemars::Schema) {
+        use crate::schema::bound;
+        bound(schema, "stock", 1, Self::MAX_STOCK);
+        bound(schema, "segments", 1, Self::MAX_SEGMENTS.into());
+        bound(schema, "price", 0, Self::MAX_PRICE);
+        for field in ["reservation_ttl_ms", "payment_window_ms"] {
+            bound(schema, field, Self::MIN_WINDOW_MS, Self::MAX_WINDOW_MS);
+        }
+    }
 
     fn default_reservation_ttl() -> u64 {
         10 * 60 * 1000
@@ -62,47 +85,55 @@ impl SkuSpec {
         15 * 60 * 1000
     }
 
-    /// Checks the terms against each other and the schema.
+    /// Checks each field's range, then the fields against each other.
     ///
     /// # Errors
-    /// Names the first field that is out of range.
-    pub fn validate(&self) -> Result<(), ValidationError> {
+    /// [`Rejection::Invalid`] (400) naming the first field out of its range (the ranges the
+    /// OpenAPI schema states); [`Rejection::Inconsistent`] (422) when the fields disagree:
+    /// more segments than units, or a sale that ends before it starts.
+    pub fn validate(&self) -> Result<(), Rejection> {
         if !(1..=Self::MAX_STOCK).contains(&self.stock) {
             return Err(ValidationError::new(
                 "stock",
                 format!("must be between 1 and {}", Self::MAX_STOCK),
-            ));
+            )
+            .into());
         }
         if let Some(n) = self.segments
-            && (n == 0 || n > Self::MAX_SEGMENTS || u64::from(n) > self.stock)
+            && !(1..=Self::MAX_SEGMENTS).contains(&n)
         {
             return Err(ValidationError::new(
                 "segments",
-                format!(
-                    "must be between 1 and {} and at most the stock",
-                    Self::MAX_SEGMENTS
-                ),
-            ));
+                format!("must be between 1 and {}", Self::MAX_SEGMENTS),
+            )
+            .into());
         }
         if self.price > Self::MAX_PRICE {
             return Err(ValidationError::new(
                 "price",
                 format!("must be at most {}", Self::MAX_PRICE),
-            ));
-        }
-        if self.sale_end <= self.sale_start {
-            return Err(ValidationError::new("sale_end", "must be after sale_start"));
+            )
+            .into());
         }
         for (field, value) in [
             ("reservation_ttl_ms", self.reservation_ttl_ms),
             ("payment_window_ms", self.payment_window_ms),
         ] {
-            if !(1_000..=7 * 24 * 3_600_000).contains(&value) {
-                return Err(ValidationError::new(
-                    field,
-                    "must be between 1 s and 7 days",
-                ));
+            if !(Self::MIN_WINDOW_MS..=Self::MAX_WINDOW_MS).contains(&value) {
+                return Err(ValidationError::new(field, "must be between 1 s and 7 days").into());
             }
+        }
+        if self.segments.is_some_and(|n| u64::from(n) > self.stock) {
+            return Err(Rejection::Inconsistent(ValidationError::new(
+                "segments",
+                "must be at most the stock",
+            )));
+        }
+        if self.sale_end <= self.sale_start {
+            return Err(Rejection::Inconsistent(ValidationError::new(
+                "sale_end",
+                "must be after sale_start",
+            )));
         }
         Ok(())
     }
@@ -199,21 +230,30 @@ mod tests {
         assert!(by_part.values().all(|v| v.len() == 2));
     }
 
+    /// The field a refusal names, and whether it is a range (400) or a disagreement (422).
+    fn refusal(s: &SkuSpec) -> (u16, &'static str) {
+        match s.validate() {
+            Err(r) => match &r {
+                Rejection::Invalid(e) | Rejection::Inconsistent(e) => (r.status(), e.field),
+                other => panic!("{other:?}"),
+            },
+            Ok(()) => panic!("accepted"),
+        }
+    }
+
     #[test]
     fn validation_names_the_field() {
         assert!(spec(100, Some(16)).validate().is_ok());
-        assert_eq!(spec(0, None).validate().unwrap_err().field, "stock");
-        assert_eq!(spec(3, Some(4)).validate().unwrap_err().field, "segments");
-        assert_eq!(
-            spec(100, Some(65)).validate().unwrap_err().field,
-            "segments"
-        );
+        assert_eq!(refusal(&spec(0, None)), (400, "stock"));
+        assert_eq!(refusal(&spec(3, Some(4))), (422, "segments"));
+        assert_eq!(refusal(&spec(100, Some(65))), (400, "segments"));
+        assert_eq!(refusal(&spec(100, Some(0))), (400, "segments"));
         let mut s = spec(100, None);
         s.sale_end = s.sale_start;
-        assert_eq!(s.validate().unwrap_err().field, "sale_end");
+        assert_eq!(refusal(&s), (422, "sale_end"));
         let mut s = spec(100, None);
         s.reservation_ttl_ms = 10;
-        assert_eq!(s.validate().unwrap_err().field, "reservation_ttl_ms");
+        assert_eq!(refusal(&s), (400, "reservation_ttl_ms"));
     }
 
     #[test]

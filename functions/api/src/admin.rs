@@ -3,12 +3,13 @@
 //! `GET /`, the sale page itself (no data in it, so no token).
 
 use flashcart_core::ids::{SkuId, ValidationError};
-use flashcart_core::inventory::LoadOutcome;
+use flashcart_core::inventory::{LoadOutcome, SegmentLevel, SkuTerms};
 use flashcart_core::sku::SkuSpec;
 use flashcart_core::{Now, RedisExecutor, Rejection};
 use flashcart_edge_cache::{Clock, KvStore};
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 
 use crate::{ApiRequest, ApiResponse, Edge, StockView, http, respond};
 
@@ -28,6 +29,32 @@ impl ExposeSecret<str> for Secret {
     fn expose_secret(&self) -> &str {
         self.0.expose_secret()
     }
+}
+
+/// What a load did (201 loaded, 200 unchanged).
+#[derive(Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub(crate) struct LoadResult<'a> {
+    /// The SKU.
+    sku: &'a SkuId,
+    /// `loaded`, or `unchanged` when the same terms were loaded already.
+    outcome: LoadOutcome,
+}
+
+/// A SKU's full state, read from Redis.
+#[derive(Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub(crate) struct SkuState<'a> {
+    /// The SKU.
+    sku: &'a SkuId,
+    /// Its terms as loaded.
+    terms: &'a SkuTerms,
+    /// The sums over its segments.
+    totals: StockView,
+    /// Every segment's levels.
+    segments: &'a [SegmentLevel],
+    /// Whether `initial = available + reserved + ordered + sold` in every segment.
+    invariant_holds: bool,
 }
 
 /// Compares two secrets in constant time (HMAC both under a fixed key, then verify).
@@ -86,7 +113,7 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         let mut body: serde_json::Map<String, serde_json::Value> = http::parse_json(&req.body)?;
         match body.get("sku") {
             Some(v) if v.as_str() != Some(sku.as_str()) => {
-                return Err(Rejection::Invalid(ValidationError::new(
+                return Err(Rejection::Inconsistent(ValidationError::new(
                     "sku",
                     "differs from the SKU in the path",
                 )));
@@ -97,14 +124,11 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         let spec: SkuSpec = http::parse_json(&serde_json::to_vec(&body).unwrap_or_default())?;
         let outcome = self.inventory.load_sku(&spec, Now::Server).await?;
         let _ = self.cache.invalidate(sku.as_str()).await;
-        let (status, word) = match outcome {
-            LoadOutcome::Loaded => (201, "loaded"),
-            LoadOutcome::Unchanged => (200, "unchanged"),
+        let status = match outcome {
+            LoadOutcome::Loaded => 201,
+            LoadOutcome::Unchanged => 200,
         };
-        Ok(ApiResponse::json(
-            status,
-            &serde_json::json!({ "sku": sku.as_str(), "outcome": word }),
-        ))
+        Ok(ApiResponse::json(status, &LoadResult { sku, outcome }))
     }
 
     /// `GET`: the SKU's terms, totals and every segment's levels, read from Redis.
@@ -112,13 +136,13 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         let levels = self.inventory.stock(sku).await?;
         Ok(ApiResponse::json(
             200,
-            &serde_json::json!({
-                "sku": sku.as_str(),
-                "terms": levels.terms,
-                "totals": StockView::of(sku, &levels),
-                "segments": levels.segments,
-                "invariant_holds": levels.invariant_holds(),
-            }),
+            &SkuState {
+                sku,
+                terms: &levels.terms,
+                totals: StockView::of(sku, &levels),
+                segments: &levels.segments,
+                invariant_holds: levels.invariant_holds(),
+            },
         ))
     }
 }

@@ -2,19 +2,52 @@
 //! first whether Redis is asked at all (sold out here), and which partitions the reserve
 //! skips (its stock hint); what the reserve saw goes back into the map.
 
-use flashcart_core::ids::{BuyerId, IdempotencyKey, Quantity, SkuId};
+use flashcart_core::ids::{BuyerId, IdempotencyKey, Quantity, ReservationId, SkuId};
 use flashcart_core::inventory::{Reservation, ReserveRequest, Reserved, StockHint};
 use flashcart_core::{Now, Partition, RedisExecutor, Rejection};
 use flashcart_edge_cache::{Clock, DeductPlan, KvStore};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{ApiRequest, ApiResponse, Edge, http, idempotency_key, replay_header, respond};
 
+/// What a buyer asks for.
+// The fields are read as plain JSON and validated by the types they become (named in
+// `schemars(with)`, whose schemas are built from that validation), so a bad value is a 400
+// naming its field.
 #[derive(Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(schemars::JsonSchema),
+    schemars(rename = "DeductRequest")
+)]
 #[serde(deny_unknown_fields)]
-struct DeductBody {
+pub(crate) struct DeductBody {
+    /// The buyer.
+    #[cfg_attr(feature = "openapi", schemars(with = "BuyerId"))]
     buyer_id: String,
+    /// Units to reserve.
+    #[cfg_attr(feature = "openapi", schemars(with = "Quantity"))]
     quantity: u64,
+}
+
+/// A reservation taken (201): the units are held for the buyer until `expires_at`.
+#[derive(Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Reservation")
+)]
+pub(crate) struct ReservationView<'a> {
+    /// Its id; `POST /v1/orders` turns it into an order.
+    reservation_id: ReservationId,
+    /// The SKU.
+    sku: &'a SkuId,
+    /// Units held.
+    quantity: Quantity,
+    /// The segment the units came from.
+    segment: u16,
+    /// When the hold ends unless ordered, unix ms.
+    expires_at: u64,
 }
 
 /// A deduct as parsed from its request, before the node decides whether to ask Redis.
@@ -147,13 +180,13 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
             Ok(r) => replay_header(
                 ApiResponse::json(
                     201,
-                    &serde_json::json!({
-                        "reservation_id": r.id.to_string(),
-                        "sku": sku.as_str(),
-                        "quantity": quantity.get(),
-                        "segment": r.segment,
-                        "expires_at": r.expires_at,
-                    }),
+                    &ReservationView {
+                        reservation_id: r.id,
+                        sku,
+                        quantity,
+                        segment: r.segment,
+                        expires_at: r.expires_at,
+                    },
                 ),
                 r.replayed,
             ),

@@ -151,15 +151,56 @@ pub fn check_json_body(req: &ApiRequest, max_bytes: usize) -> Result<(), Rejecti
 
 /// Parses a JSON body into `T`, naming the problem in a 400.
 ///
+/// A number written with a fraction of zero (`4.0`) is the integer it equals: JSON Schema's
+/// `integer` (and so the OpenAPI document) includes it, serde's integers do not. Only a body
+/// that fails as written is read a second time, so the common body costs one parse.
+///
 /// # Errors
 /// 400 `invalid-request` with serde's message.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
-    serde_json::from_slice(body).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         Rejection::Invalid(flashcart_core::ids::ValidationError::new(
             "body",
             format!("{e}"),
         ))
-    })
+    };
+    let first = match serde_json::from_slice(body) {
+        Ok(parsed) => return Ok(parsed),
+        Err(e) => e,
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Err(invalid(first));
+    };
+    if !integral_numbers(&mut value) {
+        return Err(invalid(first));
+    }
+    serde_json::from_value(value).map_err(invalid)
+}
+
+/// Rewrites every float with a zero fraction that a double holds exactly (|x| <= 2^53) as
+/// an integer; whether any was.
+fn integral_numbers(value: &mut serde_json::Value) -> bool {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() <= EXACT => {
+                *value = if f >= 0.0 {
+                    (f as u64).into()
+                } else {
+                    (f as i64).into()
+                };
+                true
+            }
+            _ => false,
+        },
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, v| integral_numbers(v) | any),
+        serde_json::Value::Object(fields) => fields
+            .values_mut()
+            .fold(false, |any, v| integral_numbers(v) | any),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +223,21 @@ mod tests {
         );
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["type"], "urn:flashcart:problem:inventory-recovering");
+    }
+
+    #[test]
+    fn an_integral_float_is_its_integer() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Body {
+            quantity: u64,
+        }
+        assert_eq!(
+            parse_json::<Body>(br#"{"quantity": 4.0}"#),
+            Ok(Body { quantity: 4 })
+        );
+        for refused in [&br#"{"quantity": 4.5}"#[..], br#"{"quantity": -1.0}"#, b"{"] {
+            assert!(parse_json::<Body>(refused).is_err(), "{refused:?}");
+        }
     }
 
     #[test]

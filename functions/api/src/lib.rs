@@ -1,4 +1,5 @@
-//! flashcart-api: the HTTP contract of the edge functions (see `docs/openapi.json`).
+//! flashcart-api: the HTTP contract of the edge functions (`docs/openapi.json` is generated
+//! from it).
 //!
 //! Each handler parses a request, calls the domain core and renders a response; it is
 //! generic over the Redis executor, the node-local key-value store and the clock, so every
@@ -8,11 +9,16 @@
 //! - [`Edge`]: the handlers, one module per route: [`Edge::stock_check`] (`stock`),
 //!   [`Edge::deduct`] (`deduct`), [`Edge::orders`] (`orders`), [`Edge::payment_callback`]
 //!   (`payments`), [`Edge::admin`] (`admin`, and the live sale page in `sale`)
+//! - [`document`]: `GET /v1/openapi.json`, the committed document compiled in
+//! - `openapi` (feature `openapi`): that document, generated from the body types above
 #![deny(missing_docs)]
 
 mod admin;
 mod deduct;
+pub mod document;
 pub mod http;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod orders;
 mod payments;
 mod sale;

@@ -10,16 +10,34 @@ use serde::Deserialize;
 
 use crate::{ApiRequest, ApiResponse, Edge, http, idempotency_key, replay_header, respond};
 
+/// An order from the buyer's reservation.
 #[derive(Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(schemars::JsonSchema),
+    schemars(rename = "OrderRequest")
+)]
 #[serde(deny_unknown_fields)]
-struct OrderBody {
+pub(crate) struct OrderBody {
+    /// The reservation, as the deduct answered it.
+    #[cfg_attr(feature = "openapi", schemars(with = "ReservationId"))]
     reservation_id: String,
+    /// The buyer who holds it.
+    #[cfg_attr(feature = "openapi", schemars(with = "BuyerId"))]
     buyer_id: String,
 }
 
+/// The buyer cancels an order awaiting payment.
 #[derive(Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(schemars::JsonSchema),
+    schemars(rename = "CancelRequest")
+)]
 #[serde(deny_unknown_fields)]
-struct CancelBody {
+pub(crate) struct CancelBody {
+    /// The order's buyer; to anyone else the order does not exist (404).
+    #[cfg_attr(feature = "openapi", schemars(with = "BuyerId"))]
     buyer_id: String,
 }
 

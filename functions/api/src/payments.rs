@@ -1,22 +1,74 @@
 //! `POST /v1/payments/callback`: the payment provider's signed webhook.
 
 use flashcart_core::ids::{Currency, OrderId, PspEventId};
-use flashcart_core::inventory::PaymentNotice;
+use flashcart_core::inventory::{PaymentNotice, PaymentOutcome};
 use flashcart_core::signature;
 use flashcart_core::{Now, RedisExecutor, Rejection};
 use flashcart_edge_cache::{Clock, KvStore};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{ApiRequest, ApiResponse, Edge, http, replay_header, respond};
 
+/// The payment provider's event. Fields it adds that flashcart does not read are ignored.
 #[derive(Deserialize)]
-struct PaymentBody {
+#[cfg_attr(
+    feature = "openapi",
+    derive(schemars::JsonSchema),
+    schemars(rename = "PaymentEvent")
+)]
+pub(crate) struct PaymentBody {
+    /// The provider's event id: its retries carry the same one.
+    #[cfg_attr(feature = "openapi", schemars(with = "PspEventId"))]
     event_id: String,
+    /// Only `payment.succeeded` (or none) is applied; other types are acknowledged and
+    /// ignored.
     #[serde(default, rename = "type")]
     kind: Option<String>,
+    /// The order paid for.
+    #[cfg_attr(feature = "openapi", schemars(with = "OrderId"))]
     order_id: String,
+    /// Amount paid, minor units.
     amount: u64,
+    /// Currency paid in.
+    #[cfg_attr(feature = "openapi", schemars(with = "Currency"))]
     currency: String,
+}
+
+/// What became of the event (200): recorded, so the provider stops retrying.
+#[derive(Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(schemars::JsonSchema),
+    schemars(rename = "PaymentReceipt")
+)]
+pub(crate) struct Receipt {
+    /// Always true.
+    received: bool,
+    /// What the payment did, or `ignored` for an event type flashcart does not apply.
+    outcome: ReceiptOutcome,
+    /// Whether this answers a retry of an event recorded before (absent when ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replayed: Option<bool>,
+}
+
+/// A payment's outcome, or `ignored`.
+#[derive(Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub(crate) enum ReceiptOutcome {
+    /// The payment was applied (or its earlier outcome replayed).
+    Applied(PaymentOutcome),
+    /// Not a payment flashcart applies.
+    Ignored(Ignored),
+}
+
+/// The outcome of an event type flashcart does not apply.
+#[derive(Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Ignored {
+    /// Acknowledged, nothing done.
+    Ignored,
 }
 
 impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
@@ -56,7 +108,11 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         {
             return Ok(ApiResponse::json(
                 200,
-                &serde_json::json!({ "received": true, "outcome": "ignored" }),
+                &Receipt {
+                    received: true,
+                    outcome: ReceiptOutcome::Ignored(Ignored::Ignored),
+                    replayed: None,
+                },
             ));
         }
         let notice = PaymentNotice {
@@ -69,7 +125,11 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         Ok(replay_header(
             ApiResponse::json(
                 200,
-                &serde_json::json!({ "received": true, "outcome": outcome, "replayed": replayed }),
+                &Receipt {
+                    received: true,
+                    outcome: ReceiptOutcome::Applied(outcome),
+                    replayed: Some(replayed),
+                },
             ),
             replayed,
         ))

@@ -11,8 +11,14 @@ use crate::{ApiRequest, ApiResponse, Edge, respond};
 
 /// A stock read as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Stock")
+)]
 pub struct StockView {
     /// The SKU.
+    #[cfg_attr(feature = "openapi", schemars(with = "SkuId"))]
     pub sku: String,
     /// Units loaded.
     pub stock: u64,
@@ -29,6 +35,7 @@ pub struct StockView {
     /// Price of one unit, minor units.
     pub price: u64,
     /// Currency.
+    #[cfg_attr(feature = "openapi", schemars(with = "flashcart_core::ids::Currency"))]
     pub currency: String,
     /// Sale opens, unix ms.
     pub sale_start: u64,

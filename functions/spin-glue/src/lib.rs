@@ -7,7 +7,8 @@
 //! - [`SpinKv`]: the node's `default` key-value store behind the edge cache's [`KvStore`],
 //!   opened on first use.
 //! - [`serve`]: converts the request, runs one [`Operation`] on the instance's [`Edge`],
-//!   converts the response.
+//!   converts the response; [`serve_stock_check`] adds the API document
+//!   (`GET /v1/openapi.json`) for the one component that serves it.
 //!
 //! An instance builds its `Edge` once, for its first request (reading the variables), and
 //! keeps it for the requests the host sends it after that: Spin 4.1 and `wasmtime serve`
@@ -266,6 +267,18 @@ fn request_id(req: &ApiRequest) -> String {
         },
         str::to_owned,
     )
+}
+
+/// The stock-check component's requests: `GET /v1/openapi.json`, the API document compiled
+/// in ([`flashcart_api::document`]: no Redis, no variables), and everything else through
+/// [`serve`] as [`Operation::StockCheck`] (the stock read, and the app's 404 for paths no
+/// operation owns). Only this component links the document.
+pub async fn serve_stock_check(req: spin_sdk::http::Request) -> http::Response<String> {
+    if req.uri().path() == flashcart_api::document::PATH {
+        let api = ApiRequest::new(req.method().as_str(), req.uri().path());
+        return render(flashcart_api::document::serve(&api));
+    }
+    serve(req, Operation::StockCheck).await
 }
 
 /// Runs `op` for a Spin request.

@@ -414,6 +414,14 @@ pub async fn every_problem_type_of_the_contract(kind: Kind) {
     );
     let conflict = load(n, "one", 2, 1, -1_000).await;
     expect(conflict, 409, "sku-conflict");
+    // Each field in its range, but they disagree: more segments than units.
+    let inconsistent = load(n, "few", 2, 4, -1_000).await;
+    assert_eq!(
+        inconsistent.json_body()["field"],
+        "segments",
+        "{inconsistent:?}"
+    );
+    expect(inconsistent, 422, "inconsistent-request");
     let unsigned = ApiRequest::new("POST", "/v1/payments/callback").json(&serde_json::json!({}));
     expect(n.send(unsigned).await, 400, "invalid-signature");
 

@@ -29,8 +29,9 @@ pub const PSP_SECRET: &str = "whsec_current";
 
 /// Every problem type the edge contract emits; [`crate::contract`] sees each, and
 /// `docs/openapi.json` lists exactly these.
-pub const PROBLEM_TYPES: [&str; 25] = [
+pub const PROBLEM_TYPES: [&str; 26] = [
     "invalid-request",
+    "inconsistent-request",
     "idempotency-key-missing",
     "idempotency-key-reused",
     "idempotency-key-in-flight",
@@ -500,7 +501,9 @@ async fn dispatch(edge: &InProcessEdge, req: &ApiRequest) -> ApiResponse {
     static REQUESTS: AtomicU64 = AtomicU64::new(0);
     let request_id = format!("in-process-{}", REQUESTS.fetch_add(1, Ordering::Relaxed));
     let path = req.path.as_str();
-    if path.starts_with("/v1/stock/") {
+    if path == flashcart_api::document::PATH {
+        flashcart_api::document::serve(req)
+    } else if path.starts_with("/v1/stock/") {
         if path.trim_end_matches('/').ends_with("/reservations") {
             edge.deduct(req, &request_id).await
         } else {

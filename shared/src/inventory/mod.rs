@@ -212,14 +212,14 @@ impl<E: RedisExecutor> Inventory<E> {
         Ok(true)
     }
 
-    fn check_partition(&self, p: Partition) -> Result<Partition> {
+    /// `p` when this deployment has it. An id naming another partition is well formed (the
+    /// OpenAPI document cannot know the partition count) but names a record that cannot
+    /// exist here: `unknown` (404), as for any other id nobody created.
+    fn check_partition(&self, p: Partition, unknown: Rejection) -> Result<Partition> {
         if self.schema.contains(p) {
             Ok(p)
         } else {
-            Err(Rejection::Invalid(crate::ids::ValidationError::new(
-                "id",
-                format!("names partition {p}, which does not exist here"),
-            )))
+            Err(unknown)
         }
     }
 }

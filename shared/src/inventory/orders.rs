@@ -11,6 +11,7 @@ use crate::functions::orders::{
 use crate::ids::{BuyerId, IdempotencyKey, OrderId, ReservationId};
 use crate::keys::Partition;
 use crate::order::{OrderEvent, OrderState};
+use crate::problem::Rejection;
 
 /// Turn a reservation into an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,24 +28,29 @@ pub struct OrderRequest {
 
 /// An order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Order {
     /// Its id.
     pub id: OrderId,
     /// The state.
     pub state: OrderState,
     /// The SKU.
+    #[cfg_attr(feature = "openapi", schemars(with = "crate::ids::SkuId"))]
     pub sku: String,
     /// Units.
     pub quantity: u64,
     /// Amount due, minor units.
     pub amount: u64,
     /// Currency.
+    #[cfg_attr(feature = "openapi", schemars(with = "crate::ids::Currency"))]
     pub currency: String,
     /// Payment deadline, unix ms.
     pub payment_deadline: u64,
     /// The reservation it was made from.
+    #[cfg_attr(feature = "openapi", schemars(with = "crate::ids::ReservationId"))]
     pub reservation: String,
     /// The buyer.
+    #[cfg_attr(feature = "openapi", schemars(with = "crate::ids::BuyerId"))]
     pub buyer: String,
     /// Whether this answer replays an earlier decision.
     #[serde(skip)]
@@ -80,7 +86,7 @@ impl<E: RedisExecutor> Inventory<E> {
     /// Unknown reservation (or not the buyer's), reservation gone (expired or released),
     /// already ordered, idempotency mismatch, unavailable.
     pub async fn create_order(&self, req: &OrderRequest, now: Now) -> Result<Order> {
-        let p = self.check_partition(req.reservation.partition())?;
+        let p = self.check_partition(req.reservation.partition(), Rejection::UnknownReservation)?;
         // The key is bound in the buyer's home partition; when the reservation lives there
         // too, the order's own record is that binding (one call).
         let home = self.schema.home_of_buyer(&req.buyer);
@@ -149,7 +155,7 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// [`Rejection::UnknownOrder`], or unavailable.
     pub async fn order(&self, id: &OrderId) -> Result<Order> {
-        self.check_partition(id.partition())?;
+        self.check_partition(id.partition(), Rejection::UnknownOrder)?;
         self.call(&OrderGet { id }).await
     }
 
@@ -164,7 +170,7 @@ impl<E: RedisExecutor> Inventory<E> {
         reason: CancelReason,
         now: Now,
     ) -> Result<CancelOutcome> {
-        self.check_partition(id.partition())?;
+        self.check_partition(id.partition(), Rejection::UnknownOrder)?;
         self.call(&OrderCancel { id, reason, now }).await
     }
 
@@ -185,7 +191,7 @@ impl<E: RedisExecutor> Inventory<E> {
     }
 
     async fn refund_step(&self, id: &OrderId, event: OrderEvent, now: Now) -> Result<OrderState> {
-        self.check_partition(id.partition())?;
+        self.check_partition(id.partition(), Rejection::UnknownOrder)?;
         self.call(&Refund { id, event, now }).await
     }
 }

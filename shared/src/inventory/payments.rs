@@ -6,6 +6,7 @@ use super::{Inventory, Now, Result};
 use crate::exec::RedisExecutor;
 use crate::functions::payments::Payment;
 use crate::ids::{Currency, OrderId, PspEventId};
+use crate::problem::Rejection;
 
 /// A payment provider's report that an order was paid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,7 @@ impl PaymentNotice {
 
 /// What a payment did. Every outcome is recorded, so a replayed event answers the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentOutcome {
     /// The order is paid.
@@ -53,7 +55,7 @@ impl<E: RedisExecutor> Inventory<E> {
         notice: &PaymentNotice,
         now: Now,
     ) -> Result<(PaymentOutcome, bool)> {
-        self.check_partition(notice.order.partition())?;
+        self.check_partition(notice.order.partition(), Rejection::UnknownOrder)?;
         // The event id is bound to this payment in its own partition first: the same id for
         // another order (in any partition) is refused, a replay passes.
         let at = self.schema.home_of_psp_event(&notice.event_id);

@@ -12,6 +12,7 @@ use crate::functions::reserve::{
 };
 use crate::ids::{BuyerId, HoldToken, IdempotencyKey, Quantity, ReservationId, SkuId};
 use crate::keys::Partition;
+use crate::problem::Rejection;
 
 /// A deduct: reserve `quantity` of `sku` for `buyer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,7 +305,7 @@ impl<E: RedisExecutor> Inventory<E> {
         reason: ReleaseReason,
         now: Now,
     ) -> Result<ReleaseOutcome> {
-        self.check_partition(id.partition())?;
+        self.check_partition(id.partition(), Rejection::UnknownReservation)?;
         self.call(&Release {
             id,
             reason,

@@ -15,7 +15,9 @@ use crate::problem::Rejection;
 use crate::sku::SkuSpec;
 
 /// Whether a load wrote anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
 pub enum LoadOutcome {
     /// The SKU is now on the shelf.
     Loaded,
@@ -25,6 +27,11 @@ pub enum LoadOutcome {
 
 /// A SKU's terms, as loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(schemars::JsonSchema),
+    schemars(rename = "LoadedTerms")
+)]
 pub struct SkuTerms {
     /// Total units loaded.
     pub stock: u64,
@@ -33,6 +40,7 @@ pub struct SkuTerms {
     /// Price of one unit, minor units.
     pub price: u64,
     /// Currency.
+    #[cfg_attr(feature = "openapi", schemars(with = "crate::ids::Currency"))]
     pub currency: String,
     /// Sale opens, unix ms.
     pub sale_start: u64,
@@ -48,6 +56,7 @@ pub struct SkuTerms {
 
 /// One segment's levels: `initial = available + reserved + ordered + sold`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct SegmentLevel {
     /// Segment number.
     pub segment: u16,

@@ -3,10 +3,12 @@
 //! small sale and reports it clean; `bench cold-start` measures the five components as
 //! deployed and keeps their history (`cold_start`); the live sale page shows a sale in headless
 //! Chromium; the docs' commands run as written; `metrics` holds a node's scrape to
-//! docs/metrics.md; the fault scenarios that need a whole node (`crash`, `crowd`) run the
+//! docs/metrics.md; the API contract is checked by schemathesis against the document the node
+//! serves (`contract`); the fault scenarios that need a whole node (`crash`, `crowd`) run the
 //! repo's `spin.toml` through [`node`].
 
 mod cold_start;
+mod contract;
 mod crash;
 mod crowd;
 mod docs;

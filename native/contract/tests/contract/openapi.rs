@@ -1,4 +1,5 @@
-//! `docs/openapi.json`, `spin.toml` and the code agree.
+//! `docs/openapi.json`, `spin.toml` and the code agree: the document is the one the code
+//! generates, and lists every route and problem type.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -12,6 +13,34 @@ fn repo_file(path: &str) -> String {
 
 fn spec() -> serde_json::Value {
     serde_json::from_str(&repo_file("docs/openapi.json")).expect("openapi.json is JSON")
+}
+
+/// The command that regenerates `docs/openapi.json` (tests never write the source tree).
+const REGENERATE: &str =
+    "cargo run --locked -p flashcart-api --features openapi --example openapi > docs/openapi.json";
+
+#[test]
+fn the_committed_document_is_the_one_the_code_generates() {
+    let committed = repo_file("docs/openapi.json");
+    let generated = flashcart_api::openapi::render();
+    if committed != generated {
+        let (line, (was, now)) = committed
+            .lines()
+            .zip(generated.lines())
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .unwrap_or((
+                committed.lines().count().min(generated.lines().count()),
+                ("<end>", "<end>"),
+            ));
+        panic!(
+            "docs/openapi.json is not what the code generates (first difference at line {}:\n\
+             committed: {was}\ngenerated: {now})\nregenerate it with:\n  {REGENERATE}",
+            line + 1
+        );
+    }
+    // What the stock-check component serves at /v1/openapi.json is that file, compiled in.
+    assert_eq!(flashcart_api::document::JSON, generated);
 }
 
 #[test]
