@@ -196,6 +196,15 @@ impl Operation {
             )
     }
 
+    /// An answer that is a page, not JSON.
+    fn html(mut self, status: u16, text: &str) -> Self {
+        self.body["responses"][status.to_string()] = json!({
+            "description": text,
+            "content": { "text/html": { "schema": { "type": "string" } } },
+        });
+        self
+    }
+
     fn with_body(self) -> Self {
         self.refuse("Body over 16 KiB.", &[Rejection::PayloadTooLarge])
             .refuse("Body is not JSON.", &[Rejection::UnsupportedMediaType])
@@ -557,6 +566,33 @@ pub fn document() -> Value {
         .refuse(UNAVAILABLE, &[sample::unavailable()]),
         Operation::new(
             "get",
+            "/v1/admin/skus/{sku}/live",
+            "saleLive",
+            "What the live sale page polls: the SKU's state and the settlement backlog of each \
+             partition holding one of its segments.",
+        )
+        .admin()
+        .param("sku", "path", sku.clone(), None)
+        .answer(200, "The live view.", live_view_schema(), json!({}))
+        .refuse("Invalid SKU.", &[sample::invalid()])
+        .refuse(
+            "Missing or wrong bearer token.",
+            &[Rejection::Unauthorized],
+        )
+        .refuse("Unknown SKU.", &[Rejection::UnknownSku])
+        .routed()
+        .refuse(UNAVAILABLE, &[sample::unavailable()]),
+        Operation::new(
+            "get",
+            "/",
+            "salePage",
+            "The live sale page: HTML that holds no data; it asks for the SKU and the admin \
+             token and polls `/v1/admin/skus/{sku}/live`.",
+        )
+        .html(200, "The page.")
+        .routed(),
+        Operation::new(
+            "get",
             crate::document::PATH,
             "openApi",
             "This document (generated from the code; `docs/openapi.json`).",
@@ -643,6 +679,41 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": schemas,
+        },
+    })
+}
+
+/// The live view (`sale.rs` renders it): the admin state plus each partition's backlog.
+fn live_view_schema() -> Value {
+    let count = json!({ "type": "integer", "minimum": 0 });
+    json!({
+        "type": "object",
+        "required": ["sku", "now", "terms", "totals", "segments", "invariant_holds", "partitions"],
+        "properties": {
+            "sku": { "type": "string" },
+            "now": { "type": "integer", "description": "The node's clock, unix ms." },
+            "terms": { "type": "object" },
+            "totals": { "type": "object" },
+            "segments": { "type": "array", "items": { "type": "object" } },
+            "invariant_holds": { "type": "boolean" },
+            "partitions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["partition", "events", "settlement_lag", "pending", "dead_letters"],
+                    "properties": {
+                        "partition": count,
+                        "events": count,
+                        "settlement_lag": {
+                            "type": ["integer", "null"],
+                            "minimum": 0,
+                            "description": "Events not yet delivered to the slowest settlement group; null when no group reads the stream or Redis cannot tell.",
+                        },
+                        "pending": count,
+                        "dead_letters": count,
+                    },
+                },
+            },
         },
     })
 }
