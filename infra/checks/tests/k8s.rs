@@ -620,7 +620,14 @@ fn settlement_is_configured_with_what_settlement_reads() {
 #[test]
 fn settlement_probes_ask_what_its_metrics_listener_serves() {
     let root = repo_root();
-    let served = read(&root.join("native/settlement/src/metrics.rs"));
+    // Settlement's listener is the process's telemetry listener (`flashcart-telemetry`):
+    // `/metrics`, and `/health` under the paths its `HEALTH_PATHS` names.
+    let telemetry = read(&root.join("native/telemetry/src/lib.rs"));
+    let health_paths = telemetry
+        .lines()
+        .find(|l| l.contains("pub const HEALTH_PATHS"))
+        .expect("the telemetry listener's health paths")
+        .to_owned();
     let deployment = find("Deployment", "settlement");
     let settle = container(&deployment, "settlement");
     let listen: SocketAddr = env_value(settle, "FLASHCART_SETTLE_METRICS")
@@ -641,7 +648,7 @@ fn settlement_probes_ask_what_its_metrics_listener_serves() {
         assert_eq!(get["port"], "metrics", "{probe} port");
         let path = get["path"].as_str().expect("a probe path");
         assert!(
-            served.contains(&format!("\"{path}\" =>")),
+            health_paths.contains(&format!("\"{path}\"")),
             "{probe} asks {path}, which settlement's metrics listener does not serve"
         );
         probes += 1;
