@@ -1,7 +1,9 @@
 #!lua name=flashcart
 -- flashcart's Redis function library. Every function touches ONE partition (one hash tag),
 -- so it runs unchanged on a Redis Cluster. Every decision that changes state appends its
--- event to the partition's stream in the same atomic call (the outbox).
+-- event to the partition's stream in the same atomic call (the outbox). Each event names the
+-- HTTP request that decided it (`request`, its x-request-id: the functions the edge calls take
+-- it as their last argument) or carries '' when a timer or settlement decided it.
 --
 -- Replies are flat arrays (Spin's redis `execute` flattens nested replies):
 --   { code, replayed (0|1), fields... }
@@ -149,7 +151,7 @@ end
 -- (see the note at the top). `fp`: the request's fingerprint, for a reservation that is also
 -- its request's record (taken in the buyer's home partition), else nil.
 local function write_reservation(rsv_key, events_key, expiries_key, rid, sku, seg, qty, buyer,
-                                 now, expires, fp)
+                                 now, expires, fp, request)
   -- No id or SKU (the id names both, and every caller has it) and no creation time (the
   -- event has it).
   if fp then
@@ -161,7 +163,7 @@ local function write_reservation(rsv_key, events_key, expiries_key, rid, sku, se
   end
   redis.call('ZADD', expiries_key, expires, rid)
   redis.call('XADD', events_key, '*', 'type', 'reservation.created', 'at', now, 'sku', sku,
-    'rsv', rid, 'seg', seg, 'qty', qty, 'buyer', buyer, 'expires', expires)
+    'request', request, 'rsv', rid, 'seg', seg, 'qty', qty, 'buyer', buyer, 'expires', expires)
 end
 
 -- Stores a reserve decision other than a reservation at home in the request's record, and
@@ -219,7 +221,7 @@ end
 -- writes one.
 -- KEYS: sku(H) purchases(H) rec(H) events(H) expiries(H) bucket(H) guard(H)
 -- ARGV: sku buyer fingerprint qty now rid idem_ttl lease_ms affinity
---       rate_capacity rate_step_us skip guess
+--       rate_capacity rate_step_us skip guess request
 --   rate_step_us (µs per token) 0 turns the buyer's token bucket off. skip: the SKU's partitions the
 --   caller believes empty (comma-separated partition numbers; '*' for every one but H),
 --   kept in the record so a resumed search skips the same ones. guess: the segment H holds
@@ -287,7 +289,7 @@ local function fc_reserve(keys, args)
     if limit > 0 then redis.call('INCRBY', keys[2], qty_s) end
     local expires = now + tonumber(t[5])
     write_reservation(keys[3], keys[4], keys[5], rid, args[1], seg, qty_s, args[2], now_s,
-      string.format('%d', expires), fp)
+      string.format('%d', expires), fp, args[14] or '')
     return { 'ok', 0, rid, seg, expires, left, t[6] }
   end
   if args[12] ~= '*' and tonumber(t[6]) > local_segs then
@@ -311,7 +313,7 @@ end
 -- Each token's outcome here is final: a reservation, or a skip marker, so a resumed or
 -- concurrent attempt with the same token can never take stock here twice.
 -- KEYS: sku(B) rsv(B) skip(B) events(B) expiries(B) guard(B)
--- ARGV: sku buyer qty now rid skip_ttl affinity guess (as in fc_reserve)
+-- ARGV: sku buyer qty now rid skip_ttl affinity guess request (as in fc_reserve)
 -- Replies: ok(rid seg expires [left]) | sold_out([left]) | insufficient([left]) | unknown_sku
 --   | fenced
 --   (`left`: the units left in B afterwards; absent when the outcome was decided before)
@@ -339,7 +341,7 @@ local function fc_reserve_at(keys, args)
   local now, now_s = clock(args[4])
   local expires = now + tonumber(t[1])
   write_reservation(keys[2], keys[4], keys[5], rid, args[1], seg, qty_s, args[2], now_s,
-    string.format('%d', expires), nil)
+    string.format('%d', expires), nil, args[9] or '')
   return { 'ok', 0, rid, seg, expires, left }
 end
 
@@ -385,7 +387,8 @@ local function fc_release(keys, args)
   redis.call('PEXPIRE', keys[2], keep)
   redis.call('ZREM', keys[4], rid)
   redis.call('XADD', keys[3], '*', 'type', 'reservation.released', 'at', now,
-    'sku', sku_of(rid), 'rsv', rid, 'seg', seg, 'qty', qty, 'buyer', r[5], 'reason', reason)
+    'sku', sku_of(rid), 'request', '', 'rsv', rid, 'seg', seg, 'qty', qty, 'buyer', r[5],
+    'reason', reason)
   return { 'released', 0, qty }
 end
 
@@ -398,7 +401,7 @@ end
 
 -- fc_order_create: turns an active reservation into an order awaiting payment.
 -- KEYS: sku(B) rsv(B) ord(B) idem(B) events(B) expiries(B) deadlines(B) guard(B)
--- ARGV: rid oid buyer fingerprint now idem_ttl
+-- ARGV: rid oid buyer fingerprint now idem_ttl request
 -- Replies: ok(order...) | unknown_reservation | reservation_gone | already_ordered(oid)
 --   | idem_mismatch | fenced
 local function fc_order_create(keys, args)
@@ -428,9 +431,9 @@ local function fc_order_create(keys, args)
   redis.call('ZADD', keys[7], deadline, oid)
   redis.call('HSET', keys[4], 'fp', fp, 'oid', oid)
   redis.call('PEXPIRE', keys[4], idem_ttl)
-  redis.call('XADD', keys[5], '*', 'type', 'order.created', 'at', now, 'sku', sku, 'ord', oid,
-    'rsv', rid, 'seg', seg, 'qty', qty, 'buyer', buyer, 'amount', amount, 'currency', terms.cur,
-    'deadline', deadline)
+  redis.call('XADD', keys[5], '*', 'type', 'order.created', 'at', now, 'sku', sku,
+    'request', args[7] or '', 'ord', oid, 'rsv', rid, 'seg', seg, 'qty', qty, 'buyer', buyer,
+    'amount', amount, 'currency', terms.cur, 'deadline', deadline)
   return order_reply(keys[3], 0)
 end
 
@@ -476,14 +479,14 @@ end
 
 -- fc_payment: applies a payment provider's event to an order.
 -- KEYS: sku(B) ord(B) psp(B) events(B) deadlines(B) guard(B)
--- ARGV: oid event_id amount currency now psp_ttl
+-- ARGV: oid event_id amount currency now psp_ttl request
 -- Replies (all but unknown_order are recorded, so a replayed PSP event answers the same):
 --   paid | paid_after_cancel | amount_mismatch | duplicate_payment(state) | unknown_order
 --   (and fenced, not recorded)
 local function fc_payment(keys, args)
   if fenced(keys[#keys]) then return { 'fenced', 0 } end
   local oid, event_id, amount, cur = args[1], args[2], tonumber(args[3]), args[4]
-  local now, psp_ttl = now_ms(args[5]), tonumber(args[6])
+  local now, psp_ttl, request = now_ms(args[5]), tonumber(args[6]), args[7] or ''
   local seen = redis.call('GET', keys[3])
   if seen then return replay(seen) end
   local o = redis.call('HMGET', keys[2], 'state', 'seg', 'qty', 'amount', 'cur', 'sku', 'id')
@@ -492,8 +495,8 @@ local function fc_payment(keys, args)
   if num(o[4]) ~= amount or o[5] ~= cur then
     reply = { 'amount_mismatch', 0, o[1] }
     redis.call('XADD', keys[4], '*', 'type', 'payment.rejected', 'at', now, 'sku', o[6],
-      'ord', o[7], 'psp_event', event_id, 'reason', 'amount_mismatch', 'amount', amount,
-      'currency', cur)
+      'request', request, 'ord', o[7], 'psp_event', event_id, 'reason', 'amount_mismatch',
+      'amount', amount, 'currency', cur)
   else
     local next_state = TRANSITIONS[o[1]]['payment']
     if next_state == 'paid' then
@@ -501,18 +504,20 @@ local function fc_payment(keys, args)
       redis.call('HINCRBY', keys[1], 's' .. o[2], tonumber(o[3]))
       redis.call('ZREM', keys[5], oid)
       redis.call('HSET', keys[2], 'state', 'paid', 'psp', event_id, 'paid_at', now)
-      redis.call('XADD', keys[4], '*', 'type', 'order.paid', 'at', now, 'sku', o[6], 'ord', o[7],
-        'seg', o[2], 'qty', o[3], 'psp_event', event_id, 'amount', amount, 'currency', cur)
+      redis.call('XADD', keys[4], '*', 'type', 'order.paid', 'at', now, 'sku', o[6],
+        'request', request, 'ord', o[7], 'seg', o[2], 'qty', o[3], 'psp_event', event_id,
+        'amount', amount, 'currency', cur)
       reply = { 'paid', 0, 'paid' }
     elseif next_state == 'paid_after_cancel' then
       redis.call('HSET', keys[2], 'state', 'paid_after_cancel', 'psp', event_id, 'paid_at', now)
-      redis.call('XADD', keys[4], '*', 'type', 'order.paid_after_cancel', 'at', now, 'sku', o[6],
-        'ord', o[7], 'qty', o[3], 'psp_event', event_id, 'amount', amount, 'currency', cur)
+      redis.call('XADD', keys[4], '*', 'type', 'order.paid_after_cancel', 'at', now,
+        'sku', o[6], 'request', request, 'ord', o[7], 'qty', o[3], 'psp_event', event_id,
+        'amount', amount, 'currency', cur)
       reply = { 'paid_after_cancel', 0, 'paid_after_cancel' }
     else
       redis.call('XADD', keys[4], '*', 'type', 'payment.rejected', 'at', now, 'sku', o[6],
-        'ord', o[7], 'psp_event', event_id, 'reason', 'duplicate_payment', 'amount', amount,
-        'currency', cur)
+        'request', request, 'ord', o[7], 'psp_event', event_id, 'reason', 'duplicate_payment',
+        'amount', amount, 'currency', cur)
       reply = { 'duplicate_payment', 0, o[1] }
     end
   end
@@ -523,11 +528,11 @@ end
 -- fc_order_cancel: cancels an unpaid order (deadline passed, or the buyer asked) and gives
 -- its stock back.
 -- KEYS: sku(B) ord(B) events(B) deadlines(B) guard(B)
--- ARGV: oid reason now
+-- ARGV: oid reason now request
 -- Replies: cancelled | not_due(deadline) | illegal(state) | unknown_order | fenced
 local function fc_order_cancel(keys, args)
   if fenced(keys[#keys]) then return { 'fenced', 0 } end
-  local oid, reason, now = args[1], args[2], now_ms(args[3])
+  local oid, reason, now, request = args[1], args[2], now_ms(args[3]), args[4] or ''
   local o = redis.call('HMGET', keys[2], 'state', 'seg', 'qty', 'deadline', 'sku', 'id')
   if not o[1] then return { 'unknown_order', 0 } end
   if TRANSITIONS[o[1]]['cancel'] ~= 'cancelled' then return { 'illegal', 0, o[1] } end
@@ -537,8 +542,8 @@ local function fc_order_cancel(keys, args)
   redis.call('HINCRBY', keys[1], 'a' .. o[2], qty)
   redis.call('HSET', keys[2], 'state', 'cancelled', 'cancelled_at', now)
   redis.call('ZREM', keys[4], oid)
-  redis.call('XADD', keys[3], '*', 'type', 'order.cancelled', 'at', now, 'sku', o[5], 'ord', o[6],
-    'seg', o[2], 'qty', qty, 'reason', reason)
+  redis.call('XADD', keys[3], '*', 'type', 'order.cancelled', 'at', now, 'sku', o[5],
+    'request', request, 'ord', o[6], 'seg', o[2], 'qty', qty, 'reason', reason)
   return { 'cancelled', 0, 'cancelled' }
 end
 
@@ -557,7 +562,8 @@ local function fc_refund(keys, args)
   redis.call('HSET', keys[1], 'state', next_state)
   local kind = 'order.refund_requested'
   if next_state == 'refunded' then kind = 'order.refunded' end
-  redis.call('XADD', keys[2], '*', 'type', kind, 'at', now, 'sku', o[2], 'ord', o[3])
+  redis.call('XADD', keys[2], '*', 'type', kind, 'at', now, 'sku', o[2], 'request', '',
+    'ord', o[3])
   return { 'ok', 0, next_state }
 end
 
@@ -605,6 +611,7 @@ end
 -- fc_load: preheats one partition with the SKU's terms and its segments here.
 -- KEYS: sku(P) events(P) guard(P)
 -- ARGV: sku fingerprint stock segs price cur start end limit ttl paywin parts shares now
+--   request
 --   shares = "seg:initial,seg:initial" (may be empty: this partition only keeps the terms)
 -- Replies: loaded | unchanged (same terms already here) | conflict (other terms) | fenced
 local function fc_load(keys, args)
@@ -621,8 +628,8 @@ local function fc_load(keys, args)
   end
   write_sku(keys[1], args, segments)
   redis.call('XADD', keys[2], '*', 'type', 'sku.loaded', 'at', now, 'sku', args[1],
-    'stock', args[3], 'segs', args[4], 'segments', args[13], 'price', args[5],
-    'currency', args[6], 'start', args[7], 'end', args[8], 'limit', args[9], 'ttl', args[10],
+    'request', args[15] or '', 'stock', args[3], 'segs', args[4], 'segments', args[13],
+    'price', args[5], 'currency', args[6], 'start', args[7], 'end', args[8], 'limit', args[9], 'ttl', args[10],
     'paywin', args[11], 'fp', args[2])
   return { 'loaded', 0 }
 end

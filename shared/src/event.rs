@@ -405,6 +405,10 @@ pub struct Event {
     pub at: i64,
     /// The SKU it concerns (`sku`).
     pub sku: String,
+    /// The HTTP request whose decision appended it (`request`, an `x-request-id`): `None`
+    /// for what a timer or settlement decided, and in events written before it was carried
+    /// (the field empty or absent).
+    pub request: Option<String>,
     /// The typed body.
     pub body: Body,
 }
@@ -461,6 +465,26 @@ impl Body {
     }
 }
 
+impl Body {
+    /// The reservation or order the event is about (`None` for a SKU's terms): what a
+    /// request's trail names beside each event.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Self::SkuLoaded { .. } => None,
+            Self::ReservationCreated { rsv, .. } | Self::ReservationReleased { rsv, .. } => {
+                Some(rsv)
+            }
+            Self::OrderCreated { ord, .. }
+            | Self::OrderPaid { ord, .. }
+            | Self::OrderCancelled { ord, .. }
+            | Self::OrderPaidAfterCancel { ord, .. }
+            | Self::OrderRefundRequested { ord }
+            | Self::OrderRefunded { ord }
+            | Self::PaymentRejected { ord, .. } => Some(ord),
+        }
+    }
+}
+
 impl Event {
     /// Parses a stream entry's fields (`(name, value)` pairs, as `XRANGE` answers them).
     /// Fields the event's kind does not have are ignored (see the module's note).
@@ -477,6 +501,10 @@ impl Event {
         Ok(Self {
             at: Int::decode(&f, "at")?,
             sku: Id::decode(&f, "sku")?,
+            request: f
+                .get("request")
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned),
             body: Body::decode(kind, &f)?,
         })
     }
@@ -488,6 +516,7 @@ impl Event {
             ("type", self.body.kind().as_str().to_owned()),
             ("at", self.at.to_string()),
             ("sku", self.sku.clone()),
+            ("request", self.request.clone().unwrap_or_default()),
         ];
         self.body.encode(&mut out);
         out
@@ -515,6 +544,7 @@ mod tests {
             ("type", "sku.loaded"),
             ("at", "10"),
             ("sku", "drop-1"),
+            ("request", ""),
             ("stock", "100"),
             ("segs", "4"),
             ("segments", "0:25,4:25"),
@@ -541,6 +571,47 @@ mod tests {
         let expected: Vec<(&str, String)> =
             fields.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn the_request_behind_an_event_round_trips_and_empty_means_none() {
+        let fields = [
+            ("type", "order.paid"),
+            ("at", "7"),
+            ("sku", "drop-1"),
+            ("request", "req-42"),
+            ("ord", "drop-1.0.o1"),
+            ("seg", "0"),
+            ("qty", "1"),
+            ("psp_event", "evt-1"),
+            ("amount", "1999"),
+            ("currency", "EUR"),
+        ];
+        let e = parse(&fields).unwrap();
+        assert_eq!(e.request.as_deref(), Some("req-42"));
+        assert_eq!(e.body.subject(), Some("drop-1.0.o1"));
+        let expected: Vec<(&str, String)> =
+            fields.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        assert_eq!(e.fields(), expected);
+
+        let timer = parse(&[
+            ("type", "order.refunded"),
+            ("at", "1"),
+            ("sku", "s"),
+            ("request", ""),
+            ("ord", "o"),
+        ])
+        .unwrap();
+        assert_eq!(timer.request, None);
+        let older = parse(&[
+            ("type", "order.refunded"),
+            ("at", "1"),
+            ("sku", "s"),
+            ("ord", "o"),
+        ])
+        .unwrap();
+        assert_eq!(older.request, None);
+        assert_eq!(older.fields()[3], ("request", String::new()));
     }
 
     #[test]

@@ -192,6 +192,22 @@ string_id!(
     /// A payment provider's event id: 1–255 bytes of `A-Z a-z 0-9 - _ . :`, not only dots.
     PspEventId, "event_id", 255, Charset::EVENT
 );
+string_id!(
+    /// The id of one HTTP request, carried in `x-request-id` from the edge into the Redis
+    /// event it decides and the ledger row that settles it: 1–64 bytes of
+    /// `A-Z a-z 0-9 - _ . :`, not only dots.
+    RequestId, "x-request-id", 64, Charset::EVENT
+);
+
+impl RequestId {
+    /// The header that carries it, in requests and answers.
+    pub const HEADER: &'static str = "x-request-id";
+
+    /// A new id from 128 random bits, as 32 lower-case hex digits.
+    pub fn from_random(bits: u128) -> Self {
+        Self(format!("{bits:032x}"))
+    }
+}
 
 /// An ISO 4217 currency code: three upper-case letters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -479,6 +495,19 @@ mod tests {
         }
         assert!(SkuId::parse(".hidden").is_ok());
         assert!(SkuId::parse("v1..2").is_ok());
+    }
+
+    #[test]
+    fn request_id_is_a_bounded_token_and_a_random_one_parses() {
+        assert!(RequestId::parse("req-1.a:b_C").is_ok());
+        assert!(RequestId::parse(&"r".repeat(64)).is_ok());
+        assert!(RequestId::parse(&"r".repeat(65)).is_err());
+        assert!(RequestId::parse("has space").is_err());
+        assert!(RequestId::parse("x\r\ny").is_err());
+        let random = RequestId::from_random(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        assert_eq!(random.as_str(), "0123456789abcdef0011223344556677");
+        assert_eq!(RequestId::parse(random.as_str()), Ok(random));
+        assert_eq!(RequestId::from_random(1).as_str().len(), 32);
     }
 
     #[test]

@@ -122,7 +122,10 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         }
         body.insert("sku".into(), sku.as_str().into());
         let spec: SkuSpec = http::parse_json(&serde_json::to_vec(&body).unwrap_or_default())?;
-        let outcome = self.inventory.load_sku(&spec, Now::Server).await?;
+        let outcome = self
+            .inventory
+            .load_sku_for(&spec, Now::Server, req.request_id().as_ref())
+            .await?;
         let _ = self.cache.invalidate(sku.as_str()).await;
         let status = match outcome {
             LoadOutcome::Loaded => 201,

@@ -89,6 +89,7 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         };
         let quantity = deduct.quantity;
         let request = ReserveRequest {
+            request: req.request_id(),
             fingerprint: flashcart_core::fingerprint(deduct.sku.as_str(), &req.body),
             sku: deduct.sku,
             buyer: deduct.buyer,

@@ -1,6 +1,7 @@
 //! Requests and responses as plain data, so the contract is host-independent: a component
 //! converts from and to spin-sdk's types, a test builds them directly.
 
+use flashcart_core::ids::RequestId;
 use flashcart_core::problem::{PROBLEM_JSON, Rejection};
 use serde::Serialize;
 
@@ -48,6 +49,13 @@ impl ApiRequest {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The request's id (`x-request-id`) when it carries a valid one: the host and the glue
+    /// set it on every request, so the events a request's decision appends name it.
+    pub fn request_id(&self) -> Option<RequestId> {
+        self.header_value(RequestId::HEADER)
+            .and_then(|value| RequestId::parse(value).ok())
     }
 
     /// The path's segments after a prefix, e.g. `["drop-1", "reservations"]`.

@@ -730,7 +730,11 @@ fn info() -> String {
          are RFC 9457 problem details with a stable `type` URN. Times are unix milliseconds; \
          amounts are minor units. Besides the operations' own problems, the host may answer \
          any route with: {}; `not-found` and `payload-too-large` keep their meaning. Every \
-         problem carries `request_id` when the host wrote it. A path no operation serves is \
+         problem carries `request_id` when the host wrote it. Every answer carries \
+         `x-request-id`: the caller's own when it sent a valid one (1-64 of `A-Za-z0-9._:-`; \
+         an invalid one is replaced, never refused), else one the node made; the events a \
+         request's decision appends name it, and `flashcart trace <id>` lists them once \
+         settled. A path no operation serves is \
          answered 404 `urn:flashcart:problem:not-found` by the app itself (spin.toml's \
          catch-all route `/...`), on Spin as on flashcart's host. A 503 \
          `inventory-unavailable` says only to retry: its cause is in the component's log, \

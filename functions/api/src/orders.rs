@@ -72,6 +72,7 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         let key = idempotency_key(req)?;
         let body: OrderBody = http::parse_json(&req.body)?;
         let request = OrderRequest {
+            request: req.request_id(),
             reservation: ReservationId::parse(&body.reservation_id)?,
             buyer: BuyerId::parse(&body.buyer_id)?,
             key,
@@ -100,7 +101,12 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         }
         let replayed = match self
             .inventory
-            .cancel_order(&id, CancelReason::Buyer, Now::Server)
+            .cancel_order_for(
+                &id,
+                CancelReason::Buyer,
+                Now::Server,
+                req.request_id().as_ref(),
+            )
             .await
         {
             Ok(_) => false,

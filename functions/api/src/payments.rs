@@ -116,6 +116,7 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
             ));
         }
         let notice = PaymentNotice {
+            request: req.request_id(),
             order: OrderId::parse(&body.order_id)?,
             event_id,
             amount: body.amount,

@@ -33,6 +33,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use flashcart_api::{ApiRequest, ApiResponse, Edge, EdgeConfig, Secret};
 use flashcart_core::exec::Value;
+use flashcart_core::ids::RequestId;
 use flashcart_core::inventory::{RateLimit, Settings};
 use flashcart_core::signature::SigningSecret;
 use flashcart_core::{Inventory, KeySchema, Rejection};
@@ -254,19 +255,24 @@ async fn instance_edge() -> Result<Rc<SpinEdge>, Rejection> {
     Ok(EDGE.with_borrow_mut(|edge| Rc::clone(edge.get_or_insert(built))))
 }
 
-/// A request id: the caller's `x-request-id`, or a random one.
-fn request_id(req: &ApiRequest) -> String {
-    req.header_value("x-request-id").map_or_else(
-        || {
-            format!(
-                "{:016x}",
-                std::collections::hash_map::RandomState::new()
-                    .build_hasher()
-                    .finish()
-            )
-        },
-        str::to_owned,
-    )
+/// Names the request: the caller's `x-request-id` when it is a valid [`RequestId`] (the
+/// host's, or a gateway's in front of it), else a random one, which replaces an invalid one
+/// in `req` so the handlers (and the events they append) see the same id the answer carries.
+fn identify(req: &mut ApiRequest) -> RequestId {
+    if let Some(id) = req.request_id() {
+        return id;
+    }
+    let random = |seed: u64| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(seed);
+        u128::from(hasher.finish())
+    };
+    let id = RequestId::from_random(random(0) << 64 | random(1));
+    req.headers
+        .retain(|(name, _)| !name.eq_ignore_ascii_case(RequestId::HEADER));
+    req.headers
+        .push((RequestId::HEADER.to_owned(), id.as_str().to_owned()));
+    id
 }
 
 /// The stock-check component's requests: `GET /v1/openapi.json`, the API document compiled
@@ -292,7 +298,7 @@ pub async fn serve(req: spin_sdk::http::Request, op: Operation) -> http::Respons
             ))));
         }
     };
-    let api = ApiRequest {
+    let mut api = ApiRequest {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
         headers: parts
@@ -302,14 +308,14 @@ pub async fn serve(req: spin_sdk::http::Request, op: Operation) -> http::Respons
             .collect(),
         body,
     };
+    let request_id = identify(&mut api);
     let edge = match instance_edge().await {
         Ok(e) => e,
-        Err(r) => return render(ApiResponse::problem(&r)),
+        Err(r) => return render_for(ApiResponse::problem(&r), &request_id),
     };
-    let request_id = request_id(&api);
     let response = match op {
-        Operation::StockCheck => edge.stock_check(&api, &request_id).await,
-        Operation::Deduct => edge.deduct(&api, &request_id).await,
+        Operation::StockCheck => edge.stock_check(&api, request_id.as_str()).await,
+        Operation::Deduct => edge.deduct(&api, request_id.as_str()).await,
         Operation::Orders => edge.orders(&api).await,
         Operation::PaymentCallback => edge.payment_callback(&api).await,
         Operation::Admin => {
@@ -317,12 +323,22 @@ pub async fn serve(req: spin_sdk::http::Request, op: Operation) -> http::Respons
             if api.method == "PUT"
                 && let Err(e) = edge.inventory().ensure_library().await
             {
-                return render(ApiResponse::problem(&Rejection::from(e)));
+                return render_for(ApiResponse::problem(&Rejection::from(e)), &request_id);
             }
             edge.admin(&api).await
         }
     };
-    render(response)
+    render_for(response, &request_id)
+}
+
+/// Renders `resp` with the request's id, as the host answers it (on real Spin the glue is
+/// the only one who can).
+fn render_for(mut resp: ApiResponse, request_id: &RequestId) -> http::Response<String> {
+    resp.headers
+        .retain(|(name, _)| !name.eq_ignore_ascii_case(RequestId::HEADER));
+    resp.headers
+        .push((RequestId::HEADER.to_owned(), request_id.as_str().to_owned()));
+    render(resp)
 }
 
 fn render(resp: ApiResponse) -> http::Response<String> {

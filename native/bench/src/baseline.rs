@@ -157,6 +157,7 @@ impl Target for DirectReserve {
             return Outcome::status(400);
         };
         let request = ReserveRequest {
+            request: None,
             sku: self.sku.clone(),
             buyer,
             quantity,

@@ -31,6 +31,9 @@ enum Command {
     Reconcile(flashcart_settlement::cli::ReconcileArgs),
     /// List, retry or drop dead-lettered events.
     Dlq(flashcart_settlement::cli::DlqArgs),
+    /// Print the settled events an HTTP request decided (by its `x-request-id`); exits 1 when
+    /// there are none.
+    Trace(flashcart_settlement::cli::TraceArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +57,11 @@ fn main() -> std::process::ExitCode {
             Err(e) => Err(e),
         },
         Command::Dlq(args) => settle::dlq(&args),
+        Command::Trace(args) => match settle::trace(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -305,6 +305,7 @@ pub async fn every_problem_type_of_the_contract(kind: Kind) {
     assert_eq!(load(n, "single", 1, 1, -1_000).await.status, 201);
     let stuck = deduct_req("single", &stranger, 1, "stuck");
     let request = ReserveRequest {
+        request: None,
         sku: SkuId::parse("single").expect("sku"),
         buyer: BuyerId::parse(&stranger).expect("buyer"),
         quantity: Quantity::new(1).expect("q"),

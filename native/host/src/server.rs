@@ -27,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use flashcart_core::ids::RequestId;
+
 use crate::app::App;
 use crate::instance::Failure;
 use crate::problem::problem;
@@ -48,6 +50,9 @@ const SPIN_COMPONENT_ROUTE: http::HeaderName =
     http::HeaderName::from_static("spin-component-route");
 const SPIN_BASE_PATH: http::HeaderName = http::HeaderName::from_static("spin-base-path");
 const SPIN_CLIENT_ADDR: http::HeaderName = http::HeaderName::from_static("spin-client-addr");
+/// The request's id, given to the component (which writes it into the event its decision
+/// appends) and answered to the caller.
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(RequestId::HEADER);
 
 /// Sets `name` to `value`, replacing what the client sent under that name; a value that is
 /// not a valid header value (it came from the request itself) is left out.
@@ -186,13 +191,24 @@ fn next_request_id() -> String {
     format!("{prefix:08x}-{n:08x}")
 }
 
+/// The request's id: the caller's `x-request-id` when it is a valid [`RequestId`] (so a
+/// gateway's id follows the request into the ledger), else a new one. An invalid id is
+/// replaced, not refused: tracing must never cost a buyer their request.
+fn request_id_of(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| RequestId::parse(value).ok())
+        .map_or_else(next_request_id, String::from)
+}
+
 async fn handle(
     shared: &Shared,
     req: Request<Incoming>,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    let request_id = next_request_id();
+    let request_id = request_id_of(&req);
     // The access log is off the hot path: one line per request at info level cost more
     // than the request itself under load. `FLASHCART_LOG=flashcart_host=debug` shows it.
     let span = tracing::debug_span!(
@@ -205,7 +221,7 @@ async fn handle(
         let started = Instant::now();
         let mut response = dispatch(shared, req, peer, local, &request_id).await;
         if let Ok(id) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-request-id", id);
+            response.headers_mut().insert(REQUEST_ID, id);
         }
         tracing::debug!(
             status = response.status().as_u16(),
@@ -326,6 +342,7 @@ async fn dispatch(
     set_header(headers, SPIN_COMPONENT_ROUTE, &matched.component_route);
     headers.insert(SPIN_BASE_PATH, HeaderValue::from_static("/"));
     set_header(headers, SPIN_CLIENT_ADDR, &peer.to_string());
+    set_header(headers, REQUEST_ID, request_id);
     for (name, value) in &matched.params {
         if let Ok(name) = http::HeaderName::from_bytes(format!("spin-path-match-{name}").as_bytes())
         {

@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         let sku = sku.clone();
         async move {
             let req = ReserveRequest {
+                request: None,
                 sku,
                 buyer: BuyerId::parse(&format!("b{i}")).expect("buyer"),
                 quantity: Quantity::new(1).expect("qty"),

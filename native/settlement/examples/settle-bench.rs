@@ -55,9 +55,11 @@ fn fields_for(k: u64, schema: &KeySchema) -> [Vec<(&'static str, String)>; 3] {
     let rsv = format!("rsv_{part:02}_{token}_{SKU}");
     let ord = format!("ord_{part:02}_{token}_{SKU}");
     let at = 1_800_000_000_000 + i64::try_from(k).unwrap_or(0);
+    // As a buyer's requests write them: each event names the request that decided it.
     let event = |body| Event {
         at,
         sku: SKU.to_owned(),
+        request: Some(format!("req-{k:016x}")),
         body,
     };
     [
@@ -99,6 +101,7 @@ async fn load(conn: &mut ConnectionManager, schema: &KeySchema, buyers: u64) -> 
                 Event {
                     at: 1_800_000_000_000,
                     sku: SKU.into(),
+                    request: None,
                     body: Body::SkuLoaded {
                         stock: 100_000_000,
                         segs: 16,

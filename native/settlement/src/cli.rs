@@ -1,6 +1,6 @@
 //! What the `flashcart` CLI embeds: `settle` takes [`crate::Config`] (flattened) and calls
 //! [`crate::run`]; `reconcile` and `dlq` take [`ReconcileArgs`] and [`DlqArgs`] and call
-//! [`reconcile`] and [`dlq`] here, which print their results.
+//! [`reconcile`] and [`dlq`] here, which print their results; `trace` takes [`TraceArgs`].
 
 use anyhow::Context as _;
 
@@ -61,6 +61,76 @@ pub async fn reconcile(args: &ReconcileArgs) -> anyhow::Result<bool> {
     print!("{}", report.render());
     ledger.close().await;
     Ok(report.has_drift())
+}
+
+/// `flashcart trace <request-id>`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceArgs {
+    /// Where the ledger is (only `--ledger-url` and `--data-dir` matter here).
+    #[command(flatten)]
+    pub config: Config,
+    /// The request's id: the `x-request-id` its answer carried.
+    pub request_id: String,
+    /// Wait up to this long for its events to be settled (right after the request, settlement
+    /// may not have applied them yet); by default look once.
+    #[arg(long, default_value = "0s", value_parser = crate::parse_duration)]
+    pub wait: std::time::Duration,
+}
+
+/// Prints the settled events HTTP request `request_id` decided (waiting up to `--wait` for
+/// the first), one line each, oldest first:
+/// its decision time (unix ms), the partition and stream entry, the event's type, the SKU and
+/// the reservation or order it is about. Returns whether any was found (the command exits 1
+/// when none: the id is unknown, or settlement has not applied its events yet).
+///
+/// # Errors
+/// When the id is not a request id, or the ledger cannot be opened or read.
+pub async fn trace(args: &TraceArgs) -> anyhow::Result<bool> {
+    let request = flashcart_core::ids::RequestId::parse(&args.request_id)?;
+    if args.config.ledger_url.is_none() {
+        let path = std::path::PathBuf::from(args.config.ledger_url());
+        anyhow::ensure!(
+            path.exists(),
+            "no ledger at {} (pass the --data-dir settlement uses, or --ledger-url)",
+            path.display()
+        );
+    }
+    let ledger = args.config.open_ledger().await?;
+    let deadline = tokio::time::Instant::now() + args.wait;
+    let trail = loop {
+        let trail = ledger
+            .request_trail(request.as_str())
+            .await
+            .context("reading the ledger")?;
+        if !trail.is_empty() || tokio::time::Instant::now() >= deadline {
+            break trail;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    ledger.close().await;
+    if trail.is_empty() {
+        eprintln!(
+            "no settled event names request {request}: unknown, refused before any decision, \
+             or not settled yet"
+        );
+        return Ok(false);
+    }
+    println!(
+        "{:<15} {:>9} {:<24} {:<24} {:<20} subject",
+        "at_ms", "partition", "entry", "type", "sku"
+    );
+    for e in &trail {
+        println!(
+            "{:<15} {:>9} {:<24} {:<24} {:<20} {}",
+            e.at,
+            e.partition.index(),
+            e.identity.to_string(),
+            e.kind,
+            e.sku,
+            e.subject.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(true)
 }
 
 /// `flashcart dlq list|retry|drop`.

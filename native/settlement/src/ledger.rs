@@ -170,6 +170,23 @@ pub struct Counts {
     pub refunds: i64,
 }
 
+/// One event of a request's trail ([`Ledger::request_trail`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrailEntry {
+    /// The partition whose stream carried it.
+    pub partition: Partition,
+    /// Its stream entry id there.
+    pub identity: EntryId,
+    /// Its type, e.g. `reservation.created`.
+    pub kind: String,
+    /// The SKU.
+    pub sku: String,
+    /// Decision time, unix ms.
+    pub at: i64,
+    /// The reservation or order it is about (none for `sku.loaded`).
+    pub subject: Option<String>,
+}
+
 /// The settlement ledger. Cheap to clone (a pool).
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -179,7 +196,7 @@ pub struct Ledger {
 
 fn migrator(backend: Backend) -> Migrator {
     // Embedded, so a deployed binary needs no migrations directory beside it.
-    let files: [(i64, &str, &'static str); 2] = match backend {
+    let files: [(i64, &str, &'static str); 3] = match backend {
         Backend::Sqlite => [
             (
                 1,
@@ -190,6 +207,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "sku fingerprint",
                 include_str!("../migrations/sqlite/0002_sku_fingerprint.sql"),
+            ),
+            (
+                3,
+                "request trace",
+                include_str!("../migrations/sqlite/0003_request_trace.sql"),
             ),
         ],
         Backend::Postgres => [
@@ -202,6 +224,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "sku fingerprint",
                 include_str!("../migrations/postgres/0002_sku_fingerprint.sql"),
+            ),
+            (
+                3,
+                "request trace",
+                include_str!("../migrations/postgres/0003_request_trace.sql"),
             ),
         ],
     };
@@ -517,6 +544,38 @@ impl Ledger {
             .collect()
     }
 
+    /// The events HTTP request `request` decided (its `x-request-id`), in the order they
+    /// were appended: what `flashcart trace` prints.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn request_trail(&self, request: &str) -> Result<Vec<TrailEntry>> {
+        let rows = sqlx::query(
+            "SELECT part, entry_ms, entry_seq, type, sku, at, subject FROM applied_events
+             WHERE request_id = $1 ORDER BY at, part, entry_ms, entry_seq",
+        )
+        .bind(request)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TrailEntry {
+                    partition: Partition::new(
+                        u16::try_from(r.try_get::<i64, _>(0)?).unwrap_or(u16::MAX),
+                    ),
+                    identity: EntryId {
+                        ms: u64::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0),
+                        seq: u64::try_from(r.try_get::<i64, _>(2)?).unwrap_or(0),
+                    },
+                    kind: r.try_get(3)?,
+                    sku: r.try_get(4)?,
+                    at: r.try_get(5)?,
+                    subject: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
     /// The highest identity applied from `partition`'s stream, if any.
     ///
     /// # Errors
@@ -643,6 +702,9 @@ fn push_mark(sql: &mut String, backend: Backend, n: usize) {
     }
 }
 
+/// The columns [`claim`] writes per event.
+const CLAIM_COLUMNS: usize = 8;
+
 /// Inserts every event's identity into `applied_events` (`ON CONFLICT DO NOTHING RETURNING`)
 /// and returns the indices of the events this transaction inserted — the ones to apply. The
 /// same identity twice in one batch is applied once (its first occurrence).
@@ -655,15 +717,16 @@ async fn claim(
     // Parameter limits: SQLite allows 32 766, PostgreSQL 65 535 per statement.
     for chunk in events.chunks(1000) {
         let mut sql = String::from(
-            "INSERT INTO applied_events (part, entry_ms, entry_seq, type, sku, at) VALUES ",
+            "INSERT INTO applied_events \
+             (part, entry_ms, entry_seq, type, sku, at, request_id, subject) VALUES ",
         );
         for i in 0..chunk.len() {
             sql.push_str(if i > 0 { ",(" } else { "(" });
-            for c in 1..=6 {
+            for c in 1..=CLAIM_COLUMNS {
                 if c > 1 {
                     sql.push(',');
                 }
-                push_mark(&mut sql, backend, i * 6 + c);
+                push_mark(&mut sql, backend, i * CLAIM_COLUMNS + c);
             }
             sql.push(')');
         }
@@ -676,7 +739,9 @@ async fn claim(
                 .bind(e.identity.seq_sql())
                 .bind(e.event.body.kind().as_str())
                 .bind(e.event.sku.as_str())
-                .bind(e.event.at);
+                .bind(e.event.at)
+                .bind(e.event.request.as_deref())
+                .bind(e.event.body.subject());
         }
         for row in q.fetch_all(&mut **tx).await? {
             fresh.insert((

@@ -26,6 +26,7 @@ pub mod reserve;
 pub mod stock;
 
 use crate::exec::Value;
+use crate::ids::RequestId;
 use crate::keys::KeySchema;
 use crate::problem::Rejection;
 
@@ -124,6 +125,12 @@ pub trait Function<const KEYS: usize, const ARGS: usize> {
     /// The rejection the reply stands for, or [`Rejection::Unavailable`] for a reply the
     /// decoder does not know.
     fn decode(&self, reply: Reply) -> Result<Self::Output>;
+}
+
+/// The `request` argument of a function the edge calls: the id of the HTTP request deciding,
+/// which the event the call appends carries; empty when no request is behind the call.
+pub(crate) fn request_arg(request: Option<&RequestId>) -> String {
+    request.map(|id| id.as_str().to_owned()).unwrap_or_default()
 }
 
 /// The command line of `call`: the command (`FCALL` or `FCALL_RO`) and its arguments

@@ -2,8 +2,8 @@
 //! `fc_refund`, and the idempotency claims (`fc_idem_claim`, `fc_idem_release`) that bind an
 //! order's (or a payment's) key in one partition whatever partition its effect lives in.
 
-use super::{Access, Function, Reply, Result, Spec};
-use crate::ids::OrderId;
+use super::{Access, Function, Reply, Result, Spec, request_arg};
+use crate::ids::{OrderId, RequestId};
 use crate::inventory::{CancelOutcome, CancelReason, Now, Order, OrderRequest};
 use crate::keys::{KeySchema, Partition};
 use crate::order::{OrderEvent, OrderState};
@@ -23,7 +23,15 @@ pub const ORDER_CREATE: Spec = Spec {
         "deadlines",
         "guard",
     ],
-    args: &["rid", "oid", "buyer", "fingerprint", "now", "idem_ttl"],
+    args: &[
+        "rid",
+        "oid",
+        "buyer",
+        "fingerprint",
+        "now",
+        "idem_ttl",
+        "request",
+    ],
 };
 
 /// `fc_idem_claim`: binds an idempotency key to the first request that used it.
@@ -55,7 +63,7 @@ pub const ORDER_CANCEL: Spec = Spec {
     name: "fc_order_cancel",
     access: Access::Write,
     keys: &["sku", "order", "events", "deadlines", "guard"],
-    args: &["oid", "reason", "now"],
+    args: &["oid", "reason", "now", "request"],
 };
 
 /// `fc_refund`: a refund requested or completed.
@@ -93,7 +101,7 @@ pub(crate) struct OrderCreate<'a> {
     pub(crate) idempotency_ttl_ms: u64,
 }
 
-impl Function<8, 6> for OrderCreate<'_> {
+impl Function<8, 7> for OrderCreate<'_> {
     const SPEC: Spec = ORDER_CREATE;
     type Output = Order;
 
@@ -112,7 +120,7 @@ impl Function<8, 6> for OrderCreate<'_> {
         ]
     }
 
-    fn args(&self, _: &KeySchema) -> [String; 6] {
+    fn args(&self, _: &KeySchema) -> [String; 7] {
         [
             self.req.reservation.to_string(),
             self.order.to_string(),
@@ -120,6 +128,7 @@ impl Function<8, 6> for OrderCreate<'_> {
             self.req.fingerprint.clone(),
             self.now.arg(),
             self.idempotency_ttl_ms.to_string(),
+            request_arg(self.req.request.as_ref()),
         ]
     }
 
@@ -228,9 +237,11 @@ pub(crate) struct OrderCancel<'a> {
     pub(crate) id: &'a OrderId,
     pub(crate) reason: CancelReason,
     pub(crate) now: Now,
+    /// The HTTP request asking (a buyer's cancel); `None` for the deadline's timer.
+    pub(crate) request: Option<&'a RequestId>,
 }
 
-impl Function<5, 3> for OrderCancel<'_> {
+impl Function<5, 4> for OrderCancel<'_> {
     const SPEC: Spec = ORDER_CANCEL;
     type Output = CancelOutcome;
 
@@ -245,12 +256,13 @@ impl Function<5, 3> for OrderCancel<'_> {
         ]
     }
 
-    fn args(&self, _: &KeySchema) -> [String; 3] {
+    fn args(&self, _: &KeySchema) -> [String; 4] {
         [
             self.id.to_string(),
             // The name the event records, from the stream's one contract.
             crate::event::cancel_reason_name(self.reason).into(),
             self.now.arg(),
+            request_arg(self.request),
         ]
     }
 

@@ -1,7 +1,7 @@
 //! Payments: `fc_payment`, which applies a payment provider's event to an order and records
 //! its outcome under the event id.
 
-use super::{Access, Function, Reply, Result, Spec};
+use super::{Access, Function, Reply, Result, Spec, request_arg};
 use crate::inventory::{Now, PaymentNotice, PaymentOutcome};
 use crate::keys::KeySchema;
 use crate::problem::Rejection;
@@ -11,7 +11,9 @@ pub const PAYMENT: Spec = Spec {
     name: "fc_payment",
     access: Access::Write,
     keys: &["sku", "order", "psp_event", "events", "deadlines", "guard"],
-    args: &["oid", "event_id", "amount", "currency", "now", "psp_ttl"],
+    args: &[
+        "oid", "event_id", "amount", "currency", "now", "psp_ttl", "request",
+    ],
 };
 
 /// Each outcome's code, as `fc_payment` answers it and `fc_restore_payment` records it.
@@ -37,7 +39,7 @@ pub(crate) struct Payment<'a> {
     pub(crate) psp_event_ttl_ms: u64,
 }
 
-impl Function<6, 6> for Payment<'_> {
+impl Function<6, 7> for Payment<'_> {
     const SPEC: Spec = PAYMENT;
     /// The outcome, and whether it replays an earlier one.
     type Output = (PaymentOutcome, bool);
@@ -55,7 +57,7 @@ impl Function<6, 6> for Payment<'_> {
         ]
     }
 
-    fn args(&self, _: &KeySchema) -> [String; 6] {
+    fn args(&self, _: &KeySchema) -> [String; 7] {
         let notice = self.notice;
         [
             notice.order.to_string(),
@@ -64,6 +66,7 @@ impl Function<6, 6> for Payment<'_> {
             notice.currency.to_string(),
             self.now.arg(),
             self.psp_event_ttl_ms.to_string(),
+            request_arg(notice.request.as_ref()),
         ]
     }
 

@@ -5,7 +5,7 @@
 //! `fc_reserve` is the hot path: its keys and arguments are built straight into the command
 //! line, each formatted once.
 
-use super::{Access, Function, Reply, Result, Spec};
+use super::{Access, Function, Reply, Result, Spec, request_arg};
 use crate::ids::{HoldToken, ReservationId};
 use crate::inventory::{
     HomeStep, Now, ReleaseOutcome, ReleaseReason, Reservation, ReserveRequest, Search, Settings,
@@ -41,6 +41,7 @@ pub const RESERVE: Spec = Spec {
         "rate_step_us",
         "skip",
         "guess",
+        "request",
     ],
 };
 
@@ -50,7 +51,7 @@ pub const RESERVE_AT: Spec = Spec {
     access: Access::Write,
     keys: &["sku", "reservation", "skip", "events", "expiries", "guard"],
     args: &[
-        "sku", "buyer", "qty", "now", "rid", "skip_ttl", "affinity", "guess",
+        "sku", "buyer", "qty", "now", "rid", "skip_ttl", "affinity", "guess", "request",
     ],
 };
 
@@ -96,7 +97,7 @@ pub(crate) struct Reserve<'a> {
     pub(crate) settings: &'a Settings,
 }
 
-impl Function<7, 13> for Reserve<'_> {
+impl Function<7, 14> for Reserve<'_> {
     const SPEC: Spec = RESERVE;
     /// The outcome, and what the reply told of the home partition (also of a refusal).
     type Output = (Result<HomeStep>, Sighting);
@@ -114,7 +115,7 @@ impl Function<7, 13> for Reserve<'_> {
         ]
     }
 
-    fn args(&self, schema: &KeySchema) -> [String; 13] {
+    fn args(&self, schema: &KeySchema) -> [String; 14] {
         let (req, settings) = (self.req, self.settings);
         let (capacity, step_us) = settings
             .buyer_rate
@@ -135,6 +136,7 @@ impl Function<7, 13> for Reserve<'_> {
             schema
                 .first_segment_in(&req.sku, self.record.partition())
                 .to_string(),
+            request_arg(req.request.as_ref()),
         ]
     }
 
@@ -243,7 +245,7 @@ pub(crate) struct ReserveAt<'a> {
     pub(crate) idempotency_ttl_ms: u64,
 }
 
-impl Function<6, 8> for ReserveAt<'_> {
+impl Function<6, 9> for ReserveAt<'_> {
     const SPEC: Spec = RESERVE_AT;
     /// The outcome there, and the units left there when the reply told.
     type Output = (Search, Option<u64>);
@@ -260,7 +262,7 @@ impl Function<6, 8> for ReserveAt<'_> {
         ]
     }
 
-    fn args(&self, schema: &KeySchema) -> [String; 8] {
+    fn args(&self, schema: &KeySchema) -> [String; 9] {
         let req = self.req;
         [
             req.sku.to_string(),
@@ -273,6 +275,7 @@ impl Function<6, 8> for ReserveAt<'_> {
             schema
                 .first_segment_in(&req.sku, self.record.partition())
                 .to_string(),
+            request_arg(req.request.as_ref()),
         ]
     }
 

@@ -1,8 +1,8 @@
 //! A SKU's stock and the timers: `fc_load` (one partition's terms and segments), `fc_stock`
 //! (one partition's terms and levels) and `fc_due` (what a timer set holds that is due).
 
-use super::{Access, Function, Reply, Result, Spec};
-use crate::ids::{SkuId, ValidationError};
+use super::{Access, Function, Reply, Result, Spec, request_arg};
+use crate::ids::{RequestId, SkuId, ValidationError};
 use crate::inventory::{LoadOutcome, Now, SegmentLevel, SkuTerms};
 use crate::keys::{KeySchema, Partition};
 use crate::problem::Rejection;
@@ -28,6 +28,7 @@ pub const LOAD: Spec = Spec {
         "parts",
         "shares",
         "now",
+        "request",
     ],
 };
 
@@ -56,9 +57,11 @@ pub(crate) struct Load<'a> {
     /// The segments living in the partition: `seg:initial` joined by commas.
     pub(crate) shares: &'a str,
     pub(crate) now: Now,
+    /// The HTTP request loading it (an admin's `PUT`).
+    pub(crate) request: Option<&'a RequestId>,
 }
 
-impl Function<3, 14> for Load<'_> {
+impl Function<3, 15> for Load<'_> {
     const SPEC: Spec = LOAD;
     type Output = LoadOutcome;
 
@@ -71,7 +74,7 @@ impl Function<3, 14> for Load<'_> {
         ]
     }
 
-    fn args(&self, schema: &KeySchema) -> [String; 14] {
+    fn args(&self, schema: &KeySchema) -> [String; 15] {
         let spec = self.spec;
         [
             spec.sku.to_string(),
@@ -88,6 +91,7 @@ impl Function<3, 14> for Load<'_> {
             schema.partition_count().to_string(),
             self.shares.to_owned(),
             self.now.arg(),
+            request_arg(self.request),
         ]
     }
 

@@ -8,7 +8,7 @@ use crate::exec::RedisExecutor;
 use crate::functions::orders::{
     IdemClaim, IdemRelease, OrderCancel, OrderCreate, OrderGet, Refund,
 };
-use crate::ids::{BuyerId, IdempotencyKey, OrderId, ReservationId};
+use crate::ids::{BuyerId, IdempotencyKey, OrderId, RequestId, ReservationId};
 use crate::keys::Partition;
 use crate::order::{OrderEvent, OrderState};
 use crate::problem::Rejection;
@@ -24,6 +24,8 @@ pub struct OrderRequest {
     pub key: IdempotencyKey,
     /// A digest of the request body.
     pub fingerprint: String,
+    /// The HTTP request making it (`x-request-id`), named in the order's event.
+    pub request: Option<RequestId>,
 }
 
 /// An order.
@@ -170,8 +172,29 @@ impl<E: RedisExecutor> Inventory<E> {
         reason: CancelReason,
         now: Now,
     ) -> Result<CancelOutcome> {
+        self.cancel_order_for(id, reason, now, None).await
+    }
+
+    /// [`Inventory::cancel_order`] on behalf of HTTP request `request`, which the
+    /// cancellation's event names.
+    ///
+    /// # Errors
+    /// As [`Inventory::cancel_order`].
+    pub async fn cancel_order_for(
+        &self,
+        id: &OrderId,
+        reason: CancelReason,
+        now: Now,
+        request: Option<&RequestId>,
+    ) -> Result<CancelOutcome> {
         self.check_partition(id.partition(), Rejection::UnknownOrder)?;
-        self.call(&OrderCancel { id, reason, now }).await
+        self.call(&OrderCancel {
+            id,
+            reason,
+            now,
+            request,
+        })
+        .await
     }
 
     /// Requests a refund of a paid (or paid-after-cancel) order.

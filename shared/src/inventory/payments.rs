@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::{Inventory, Now, Result};
 use crate::exec::RedisExecutor;
 use crate::functions::payments::Payment;
-use crate::ids::{Currency, OrderId, PspEventId};
+use crate::ids::{Currency, OrderId, PspEventId, RequestId};
 use crate::problem::Rejection;
 
 /// A payment provider's report that an order was paid.
@@ -19,6 +19,9 @@ pub struct PaymentNotice {
     pub amount: u64,
     /// Currency paid.
     pub currency: Currency,
+    /// The HTTP request that delivered it (`x-request-id`), named in the payment's event;
+    /// not part of what makes two notices the same payment.
+    pub request: Option<RequestId>,
 }
 
 impl PaymentNotice {

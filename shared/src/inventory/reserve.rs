@@ -10,7 +10,7 @@ use crate::exec::RedisExecutor;
 use crate::functions::reserve::{
     Release, Reserve, ReserveAt, ReserveFinish, Sighting, home_record,
 };
-use crate::ids::{BuyerId, HoldToken, IdempotencyKey, Quantity, ReservationId, SkuId};
+use crate::ids::{BuyerId, HoldToken, IdempotencyKey, Quantity, RequestId, ReservationId, SkuId};
 use crate::keys::Partition;
 use crate::problem::Rejection;
 
@@ -27,6 +27,8 @@ pub struct ReserveRequest {
     pub key: IdempotencyKey,
     /// A digest of the request body (see [`crate::fingerprint`]).
     pub fingerprint: String,
+    /// The HTTP request making it (`x-request-id`), named in the reservation's event.
+    pub request: Option<RequestId>,
 }
 
 /// A reservation that holds stock until it expires or becomes an order.

@@ -9,7 +9,7 @@ use crate::functions::{
     self,
     stock::{Due, Load, Stock},
 };
-use crate::ids::{OrderId, ReservationId, SkuId};
+use crate::ids::{OrderId, RequestId, ReservationId, SkuId};
 use crate::keys::{KeySchema, Partition};
 use crate::problem::Rejection;
 use crate::sku::SkuSpec;
@@ -131,6 +131,20 @@ impl<E: RedisExecutor> Inventory<E> {
     /// [`Rejection::Invalid`] for bad terms, [`Rejection::SkuConflict`] when the SKU exists
     /// with other terms, [`Rejection::Unavailable`] when Redis failed (retry the same load).
     pub async fn load_sku(&self, spec: &SkuSpec, now: Now) -> Result<LoadOutcome> {
+        self.load_sku_for(spec, now, None).await
+    }
+
+    /// [`Inventory::load_sku`] on behalf of HTTP request `request`, which the `sku.loaded`
+    /// events name.
+    ///
+    /// # Errors
+    /// As [`Inventory::load_sku`].
+    pub async fn load_sku_for(
+        &self,
+        spec: &SkuSpec,
+        now: Now,
+        request: Option<&RequestId>,
+    ) -> Result<LoadOutcome> {
         spec.validate()?;
         let fingerprint = spec.fingerprint();
         let by_partition = spec.shares_by_partition(&self.schema);
@@ -151,6 +165,7 @@ impl<E: RedisExecutor> Inventory<E> {
                 fingerprint: &fingerprint,
                 shares: &shares,
                 now,
+                request,
             };
             match self.call(&load).await {
                 Ok(LoadOutcome::Loaded) => outcome = LoadOutcome::Loaded,

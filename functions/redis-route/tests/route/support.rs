@@ -156,6 +156,7 @@ pub(crate) fn reserve(
     use flashcart_core::ids::{BuyerId, IdempotencyKey, Quantity};
     let body = format!("{{\"sku\":\"{sku}\",\"buyer\":\"{buyer}\"}}");
     flashcart_core::inventory::ReserveRequest {
+        request: None,
         sku: sku.clone(),
         buyer: BuyerId::parse(buyer).expect("buyer"),
         quantity: Quantity::new(1).expect("qty"),

@@ -138,6 +138,7 @@ impl Setup<'_> {
                     .inventory
                     .create_order(
                         &OrderRequest {
+                            request: None,
                             reservation,
                             buyer: BuyerId::parse(&buyer)?,
                             key: IdempotencyKey::parse(&format!("{buyer}-order"))?,
@@ -177,6 +178,7 @@ impl Setup<'_> {
     /// One unit reserved for `buyer`; its reservation id.
     async fn reserve(&self, buyer: &str) -> anyhow::Result<ReservationId> {
         let request = ReserveRequest {
+            request: None,
             sku: self.sku.clone(),
             buyer: BuyerId::parse(buyer)?,
             quantity: Quantity::new(1)?,

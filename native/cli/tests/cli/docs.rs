@@ -217,6 +217,13 @@ fn the_walkthrough_quickstart_and_runbook_run_as_written() {
     assert!(runbook.contains("1 dead-lettered"), "{runbook}");
     assert!(runbook.contains("back on its stream as"), "{runbook}");
     assert!(runbook.contains("\"available\":0"), "{runbook}");
+    assert!(runbook.contains("request ticket-4711"), "{runbook}");
+    assert!(
+        runbook
+            .lines()
+            .any(|l| l.contains("reservation.created") && l.contains("sneaker-42")),
+        "flashcart trace printed no reservation: {runbook}"
+    );
     let left: Vec<_> = std::fs::read_dir(&cwd).expect("cwd").collect();
     assert!(left.is_empty(), "the docs' commands wrote files: {left:?}");
 }

@@ -4,7 +4,7 @@
 //! deployed and keeps their history (`cold_start`); the live sale page shows a sale in headless
 //! Chromium; the docs' commands run as written; `metrics` holds a node's scrape to
 //! docs/metrics.md; the API contract is checked by schemathesis against the document the node
-//! serves (`contract`); the fault scenarios that need a whole node (`crash`, `crowd`) run the
+//! serves (`contract`); a request id leads from the answer to its ledger rows (`trace`); the fault scenarios that need a whole node (`crash`, `crowd`) run the
 //! repo's `spin.toml` through [`node`].
 
 mod cold_start;
@@ -16,6 +16,7 @@ mod metrics;
 mod node;
 mod page;
 mod sale;
+mod trace;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -69,6 +69,7 @@ async fn every_xadd_of_the_library_writes_an_event_the_core_reads() {
         .await
         .expect("reserve");
     let order = flashcart_core::inventory::OrderRequest {
+        request: None,
         reservation: r.id.clone(),
         buyer: crate::support::buyer("gina"),
         key: crate::support::key("go2"),
@@ -136,4 +137,129 @@ async fn every_xadd_of_the_library_writes_an_event_the_core_reads() {
         .query(&mut conn)
         .expect("xlen");
     assert_eq!(len, 0, "the restored stream holds no entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_behind_a_decision_rides_on_its_event() {
+    use flashcart_core::ids::RequestId;
+    use flashcart_core::inventory::{OrderRequest, PaymentNotice};
+
+    let d = Deployment::single();
+    let inv = d.inventory().await;
+    let schema = KeySchema::default();
+    let id = |name: &str| RequestId::parse(name).expect("request id");
+    let sku = unique_sku("traced");
+    // 2 units in one segment, in one partition: a buyer homed elsewhere reserves through
+    // fc_reserve_at, one homed there through fc_reserve itself.
+    inv.load_sku_for(&spec(&sku, 2, Some(1), 0), Now::At(T0), Some(&id("r-load")))
+        .await
+        .expect("load");
+    let there = schema.sku_partitions(&sku, 1)[0];
+    let via = |name: &str, request: &str| {
+        let mut req = reserve_req(&sku, name, 1, &format!("k-{request}"));
+        req.request = Some(id(request));
+        req
+    };
+    let outsider = crate::scenarios::buyer_homed(there, false);
+    let insider = crate::scenarios::buyer_homed(there, true);
+    let far = inv
+        .reserve(&via(&outsider, "r-far"), Now::At(T0 + 1))
+        .await
+        .expect("reserve elsewhere");
+    let near = inv
+        .reserve(&via(&insider, "r-near"), Now::At(T0 + 2))
+        .await
+        .expect("reserve at home");
+    let order =
+        |rsv: &flashcart_core::ids::ReservationId, buyer: &str, request: &str| OrderRequest {
+            request: Some(id(request)),
+            reservation: rsv.clone(),
+            buyer: crate::support::buyer(buyer),
+            key: crate::support::key(&format!("o-{request}")),
+            fingerprint: flashcart_core::fingerprint("", rsv.to_string().as_bytes()),
+        };
+    let paid = inv
+        .create_order(&order(&far.id, &outsider, "r-order-far"), Now::At(T0 + 3))
+        .await
+        .expect("order");
+    let unpaid = inv
+        .create_order(&order(&near.id, &insider, "r-order-near"), Now::At(T0 + 4))
+        .await
+        .expect("order");
+    let notice = PaymentNotice {
+        request: Some(id("r-pay")),
+        order: paid.id.clone(),
+        event_id: flashcart_core::ids::PspEventId::parse("evt-traced").expect("event id"),
+        amount: 2_500,
+        currency: flashcart_core::ids::Currency::parse("EUR").expect("currency"),
+    };
+    inv.apply_payment(&notice, Now::At(T0 + 5))
+        .await
+        .expect("payment");
+    inv.cancel_order_for(
+        &unpaid.id,
+        CancelReason::Buyer,
+        Now::At(T0 + 6),
+        Some(&id("r-cancel")),
+    )
+    .await
+    .expect("cancel");
+    let events: Vec<_> = d
+        .events()
+        .into_iter()
+        .filter(|e| e.event.sku == sku.as_str())
+        .collect();
+    let named = |request: &str| -> Vec<(EventKind, Option<String>)> {
+        events
+            .iter()
+            .filter(|e| e.event.request.as_deref() == Some(request))
+            .map(|e| {
+                (
+                    e.event.body.kind(),
+                    e.event.body.subject().map(str::to_owned),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        named("r-load").len(),
+        schema.partitions().count(),
+        "every partition's sku.loaded names the admin's request"
+    );
+    assert!(
+        named("r-load")
+            .iter()
+            .all(|(kind, _)| *kind == EventKind::SkuLoaded)
+    );
+    let far_id = Some(far.id.to_string());
+    let near_id = Some(near.id.to_string());
+    assert_eq!(
+        named("r-far"),
+        [(EventKind::ReservationCreated, far_id.clone())]
+    );
+    assert_eq!(
+        named("r-near"),
+        [(EventKind::ReservationCreated, near_id.clone())]
+    );
+    assert_eq!(
+        named("r-order-far"),
+        [(EventKind::OrderCreated, Some(paid.id.to_string()))]
+    );
+    assert_eq!(
+        named("r-order-near"),
+        [(EventKind::OrderCreated, Some(unpaid.id.to_string()))]
+    );
+    assert_eq!(
+        named("r-pay"),
+        [(EventKind::OrderPaid, Some(paid.id.to_string()))]
+    );
+    assert_eq!(
+        named("r-cancel"),
+        [(EventKind::OrderCancelled, Some(unpaid.id.to_string()))]
+    );
+    assert_eq!(
+        events.iter().filter(|e| e.event.request.is_none()).count(),
+        0,
+        "every event of this SKU was decided by a request"
+    );
 }

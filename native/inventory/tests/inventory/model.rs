@@ -153,6 +153,7 @@ async fn run_case(inv: &NativeInventory, ops: Vec<Op>) -> Result<(), TestCaseErr
                 let key_slot = (holder.clone(), k);
                 let key_used_for = model.order_keys.get(&key_slot).cloned();
                 let req = OrderRequest {
+                    request: None,
                     reservation: id.clone(),
                     buyer: buyer(&holder),
                     key: key(&format!("o{k}")),
@@ -191,6 +192,7 @@ async fn run_case(inv: &NativeInventory, ops: Vec<Op>) -> Result<(), TestCaseErr
                 let (qty, state, sold) = model.orders[&id];
                 let amount = if right_amount { 2_500 * qty } else { 1 };
                 let notice = PaymentNotice {
+                    request: None,
                     order: id.clone(),
                     event_id: PspEventId::parse(&format!("evt-{id}-{event}")).expect("event"),
                     amount,

@@ -19,6 +19,7 @@ fn order_req(
     key_name: &str,
 ) -> OrderRequest {
     OrderRequest {
+        request: None,
         reservation: rsv.clone(),
         buyer: buyer(buyer_name),
         key: key(key_name),
@@ -33,6 +34,7 @@ fn payment(
     currency: &str,
 ) -> PaymentNotice {
     PaymentNotice {
+        request: None,
         order: order.clone(),
         event_id: PspEventId::parse(event).expect("event id"),
         amount,

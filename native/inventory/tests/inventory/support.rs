@@ -206,6 +206,7 @@ pub(crate) fn reserve_req(
 ) -> ReserveRequest {
     let body = format!("{{\"sku\":\"{sku}\",\"quantity\":{qty}}}");
     ReserveRequest {
+        request: None,
         sku: sku.clone(),
         buyer: buyer(buyer_name),
         quantity: Quantity::new(qty).expect("qty"),

@@ -207,6 +207,7 @@ pub(crate) fn spec(sku: &SkuId, stock: u64, ttl_ms: u64, paywin_ms: u64) -> SkuS
 pub(crate) fn reserve_req(sku: &SkuId, buyer: &str, qty: u64, key: &str) -> ReserveRequest {
     let body = format!("{{\"sku\":\"{sku}\",\"quantity\":{qty}}}");
     ReserveRequest {
+        request: None,
         sku: sku.clone(),
         buyer: BuyerId::parse(buyer).expect("buyer"),
         quantity: Quantity::new(qty).expect("qty"),
@@ -221,6 +222,7 @@ pub(crate) fn order_req(
     key: &str,
 ) -> OrderRequest {
     OrderRequest {
+        request: None,
         reservation: rsv.clone(),
         buyer: BuyerId::parse(buyer).expect("buyer"),
         key: IdempotencyKey::parse(key).expect("key"),
@@ -230,6 +232,7 @@ pub(crate) fn order_req(
 
 pub(crate) fn payment(order: &OrderId, event: &str, amount: u64) -> PaymentNotice {
     PaymentNotice {
+        request: None,
         order: order.clone(),
         event_id: PspEventId::parse(event).expect("psp event"),
         amount,
