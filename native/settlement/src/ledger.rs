@@ -528,20 +528,7 @@ impl Ledger {
         let rows = sqlx::query("SELECT part, entry_ms, entry_seq FROM applied_events ORDER BY part, entry_ms, entry_seq")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                let part: i64 = r.try_get(0)?;
-                let ms: i64 = r.try_get(1)?;
-                let seq: i64 = r.try_get(2)?;
-                Ok((
-                    Partition::new(u16::try_from(part).unwrap_or(u16::MAX)),
-                    EntryId {
-                        ms: u64::try_from(ms).unwrap_or(0),
-                        seq: u64::try_from(seq).unwrap_or(0),
-                    },
-                ))
-            })
-            .collect()
+        rows.iter().map(applied_identity).collect()
     }
 
     /// The events HTTP request `request` decided (its `x-request-id`), in the order they
@@ -559,14 +546,10 @@ impl Ledger {
         .await?;
         rows.iter()
             .map(|r| {
+                let (partition, identity) = applied_identity(r)?;
                 Ok(TrailEntry {
-                    partition: Partition::new(
-                        u16::try_from(r.try_get::<i64, _>(0)?).unwrap_or(u16::MAX),
-                    ),
-                    identity: EntryId {
-                        ms: u64::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0),
-                        seq: u64::try_from(r.try_get::<i64, _>(2)?).unwrap_or(0),
-                    },
+                    partition,
+                    identity,
                     kind: r.try_get(3)?,
                     sku: r.try_get(4)?,
                     at: r.try_get(5)?,
@@ -700,6 +683,21 @@ fn push_mark(sql: &mut String, backend: Backend, n: usize) {
         }
         Backend::Sqlite => sql.push('?'),
     }
+}
+
+/// An applied event's identity from the first three columns of `row`: `part, entry_ms,
+/// entry_seq`.
+fn applied_identity(row: &sqlx::any::AnyRow) -> Result<(Partition, EntryId)> {
+    let part: i64 = row.try_get(0)?;
+    let ms: i64 = row.try_get(1)?;
+    let seq: i64 = row.try_get(2)?;
+    Ok((
+        Partition::new(u16::try_from(part).unwrap_or(u16::MAX)),
+        EntryId {
+            ms: u64::try_from(ms).unwrap_or(0),
+            seq: u64::try_from(seq).unwrap_or(0),
+        },
+    ))
 }
 
 /// The columns [`claim`] writes per event.

@@ -120,14 +120,20 @@ pub(crate) fn send(address: SocketAddr, method: &str, path: &str, key: &str, bod
     exchange(&mut s, &request(method, path, key, body)).map_or(Answer::Unanswered, Answer::Status)
 }
 
-/// One raw request (`request`'s bytes) on a new connection: the status and the body.
-pub(crate) fn call(address: SocketAddr, request: &str) -> (u16, String) {
+/// One raw request (`request`'s bytes) on a new connection: the whole raw answer.
+pub(crate) fn exchange_raw(address: SocketAddr, request: &str) -> String {
     let mut s = TcpStream::connect(address).expect("connect to the node");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("read timeout");
     s.write_all(request.as_bytes()).expect("send");
     let mut raw = String::new();
     s.read_to_string(&mut raw).expect("read the answer");
+    raw
+}
+
+/// One raw request (`request`'s bytes) on a new connection: the status and the body.
+pub(crate) fn call(address: SocketAddr, request: &str) -> (u16, String) {
+    let raw = exchange_raw(address, request);
     let status = status_of(&raw).unwrap_or_else(|| panic!("no HTTP answer: {raw:?}"));
     let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)

@@ -1,13 +1,11 @@
 //! A request id carried edge → Redis event → ledger row: a deduct through `flashcart up`
 //! answers the id it was sent (or one the node made when it sent none or an invalid one),
-//! and once settlement has applied the event, `flashcart trace <id>` prints the reservation
-//! it made; an id no decision carried exits 1.
+//! and once settlement has applied the event (`--wait` polls for it), `flashcart trace <id>`
+//! prints the reservation it made; an id no decision carried exits 1.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use flashcart_testkit::RedisServer;
 
@@ -24,12 +22,7 @@ fn deduct(address: SocketAddr, buyer: &str, request_id: Option<&str>) -> (u16, S
          content-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut s = TcpStream::connect(address).expect("connect to the node");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("read timeout");
-    s.write_all(request.as_bytes()).expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read the answer");
+    let raw = node::exchange_raw(address, &request);
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
     let status = node::status_of(head).expect("status");
     let answered = head
@@ -43,10 +36,11 @@ fn deduct(address: SocketAddr, buyer: &str, request_id: Option<&str>) -> (u16, S
     (status, answered, body.to_owned())
 }
 
-/// `flashcart trace <id>` on the node's data dir: whether it succeeded, and its stdout.
-fn trace(data: &Path, request_id: &str) -> (bool, String) {
+/// `flashcart trace <id> --wait <wait>` on the node's data dir: whether it succeeded, and its
+/// stdout.
+fn trace(data: &Path, request_id: &str, wait: &str) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flashcart"))
-        .args(["trace", request_id, "--data-dir"])
+        .args(["trace", request_id, "--wait", wait, "--data-dir"])
         .arg(data)
         .output()
         .expect("run flashcart trace");
@@ -88,9 +82,9 @@ fn a_request_id_leads_from_the_answer_to_the_ledger_rows() {
     assert!(!made.is_empty() && made != replaced && made != kept);
     let cyd = reservation_of(&body);
 
-    node::wait_until_reconciled(&redis, &data);
+    // Settlement applies the events within moments; on a busy machine, give it a minute.
     for (id, reservation) in [(&kept, &ann), (&replaced, &bob), (&made, &cyd)] {
-        let (found, out) = trace(&data, id);
+        let (found, out) = trace(&data, id, "60s");
         assert!(found, "flashcart trace {id} found nothing:\n{out}");
         let rows: Vec<&str> = out.lines().skip(1).collect();
         assert_eq!(rows.len(), 1, "one event per deduct:\n{out}");
@@ -102,7 +96,8 @@ fn a_request_id_leads_from_the_answer_to_the_ledger_rows() {
         );
     }
     // An id no decision carried: exit 1, nothing printed.
-    let (found, out) = trace(&data, "never-sent");
+    node::wait_until_reconciled(&redis, &data);
+    let (found, out) = trace(&data, "never-sent", "0s");
     assert!(!found && out.is_empty(), "{out}");
 
     up.kill().expect("kill the node");
