@@ -7,22 +7,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flashcart_testkit::RedisServer;
 
-use crate::node::{self, NodeOptions};
-
-/// Kills the node when the test ends, passed or failed.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::node::{self, NodeOptions, Running};
 
 /// One fenced block: its info string (`sh`, `text`) and its lines.
 struct Block {

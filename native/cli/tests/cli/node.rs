@@ -27,6 +27,17 @@ pub(crate) fn assert_components_built() {
     );
 }
 
+/// Kills the node when the test ends, passed or failed: a failed assertion must not leave a
+/// node running on the machine.
+pub(crate) struct Running(pub(crate) Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// How a node is started beyond the defaults.
 #[derive(Default)]
 pub(crate) struct NodeOptions<'a> {

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use flashcart_testkit::RedisServer;
 
-use crate::node::{self, NodeOptions};
+use crate::node::{self, NodeOptions, Running};
 
 /// A deduct of one unit for `buyer`, with `x-request-id: request_id` when given: the status,
 /// the `x-request-id` the answer carried, and the body.
@@ -64,7 +64,8 @@ fn a_request_id_leads_from_the_answer_to_the_ledger_rows() {
     let redis = RedisServer::start().expect("redis-server");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let (mut up, address) = node::up(&redis, &data, &NodeOptions::default());
+    let (up, address) = node::up(&redis, &data, &NodeOptions::default());
+    let _node = Running(up);
     node::load_sku(address, "traced", 64);
 
     // The caller's id is kept and answered.
@@ -99,7 +100,4 @@ fn a_request_id_leads_from_the_answer_to_the_ledger_rows() {
     node::wait_until_reconciled(&redis, &data);
     let (found, out) = trace(&data, "never-sent", "0s");
     assert!(!found && out.is_empty(), "{out}");
-
-    up.kill().expect("kill the node");
-    up.wait().expect("reap the node");
 }
