@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -285,39 +285,14 @@ async fn dispatch(
     }
     // Bodies are read whole before the component starts: flashcart requests are small
     // JSON documents, and a limit enforced here answers 413 without spending an
-    // instance on a request that will be refused.
-    let read = tokio::time::timeout(
-        app.connections().body_read_timeout,
-        Limited::new(body, limit).collect(),
-    );
-    let body = match read.await {
-        Err(_) => {
-            return problem(
-                StatusCode::REQUEST_TIMEOUT,
-                "body-timeout",
-                "The request body was not sent in time",
-                format!(
-                    "the body must arrive within {:?} of the request header",
-                    app.connections().body_read_timeout
-                ),
-                request_id,
-            );
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return too_large(limit, request_id);
-        }
-        Ok(Err(e)) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "unreadable-body",
-                "The request body could not be read",
-                e.to_string(),
-                request_id,
-            );
+    // instance on a request that will be refused. A request that declares no body (a GET)
+    // has nothing to wait for, and no read timer is set.
+    let body = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        match read_body(body, limit, app.connections().body_read_timeout, request_id).await {
+            Ok(body) => body,
+            Err(refusal) => return *refusal,
         }
     };
 
@@ -427,6 +402,39 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+/// Reads a request body whole, within `limit` bytes and `timeout`; a refusal is the answer.
+async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+    request_id: &str,
+) -> Result<Bytes, Box<Response<Full<Bytes>>>> {
+    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect());
+    match read.await {
+        Err(_) => Err(Box::new(problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "The request body was not sent in time",
+            format!("the body must arrive within {timeout:?} of the request header"),
+            request_id,
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Box::new(too_large(limit, request_id)))
+        }
+        Ok(Err(e)) => Err(Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "unreadable-body",
+            "The request body could not be read",
+            e.to_string(),
+            request_id,
+        ))),
     }
 }
 
