@@ -310,11 +310,25 @@ impl WorkerState for Worker {
     }
 
     fn drop(&self, store: Store<RequestState>, result: wasmtime::Result<()>) {
-        if let Err(e) = result {
-            tracing::warn!(component = %self.component, error = %format!("{e:#}"), "instance stopped");
+        match result {
+            Ok(()) => {}
+            Err(e) if dropped_unfinished(&e) => {
+                tracing::debug!(component = %self.component, "instance dropped with the server");
+            }
+            Err(e) => {
+                tracing::warn!(component = %self.component, error = %format!("{e:#}"), "instance stopped");
+            }
         }
         drop(store);
     }
+}
+
+/// Whether `error` is how wasmtime-wasi-http reports a worker whose task was dropped before
+/// it finished: it says "worker panicked" for any drop, but without a panic unwinding this is
+/// the runtime dropping its tasks as the server stops (an idle instance still waiting for
+/// its next request), which is no failure to warn about.
+fn dropped_unfinished(error: &wasmtime::Error) -> bool {
+    !std::thread::panicking() && error.to_string() == "worker panicked"
 }
 
 /// When an instance is dropped: idle past the idle timeout, or busy past a deadline
