@@ -2,7 +2,7 @@
 //! first whether Redis is asked at all (sold out here), and which partitions the reserve
 //! skips (its stock hint); what the reserve saw goes back into the map.
 
-use flashcart_core::ids::{BuyerId, IdempotencyKey, Quantity, ReservationId, SkuId};
+use flashcart_core::ids::{BuyerId, IdempotencyKey, Quantity, RequestId, ReservationId, SkuId};
 use flashcart_core::inventory::{Reservation, ReserveRequest, Reserved, StockHint};
 use flashcart_core::{Now, Partition, RedisExecutor, Rejection};
 use flashcart_edge_cache::{Clock, DeductPlan, KvStore};
@@ -71,25 +71,26 @@ fn hint_of(segments: Option<u16>, empty: impl IntoIterator<Item = u16>) -> Stock
 }
 
 impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
-    /// `POST /v1/stock/{sku}/reservations`: the deduct. `request_id` names the request for
-    /// the edge cache's re-check lease.
-    pub async fn deduct(&self, req: &ApiRequest, request_id: &str) -> ApiResponse {
+    /// `POST /v1/stock/{sku}/reservations`: the deduct. `request_id` (as the glue identified
+    /// the request) names it in the reservation's event and in the edge cache's re-check
+    /// lease.
+    pub async fn deduct(&self, req: &ApiRequest, request_id: &RequestId) -> ApiResponse {
         respond(self.deduct_inner(req, request_id).await)
     }
 
     async fn deduct_inner(
         &self,
         req: &ApiRequest,
-        request_id: &str,
+        request_id: &RequestId,
     ) -> Result<ApiResponse, Rejection> {
         let deduct = self.parse_deduct(req)?;
         // What this node knows of the SKU's partitions decides whether Redis is asked at all.
-        let Some(hint) = self.stock_hint(&deduct.sku, request_id).await? else {
+        let Some(hint) = self.stock_hint(&deduct.sku, request_id.as_str()).await? else {
             return Ok(sold_out_here());
         };
         let quantity = deduct.quantity;
         let request = ReserveRequest {
-            request: req.request_id(),
+            request: Some(request_id.clone()),
             fingerprint: flashcart_core::fingerprint(deduct.sku.as_str(), &req.body),
             sku: deduct.sku,
             buyer: deduct.buyer,

@@ -36,6 +36,11 @@ impl ApiRequest {
         self
     }
 
+    /// Sets header `name` to `value`, replacing every value it had.
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        set_header(&mut self.headers, name, value);
+    }
+
     /// Sets a JSON body.
     #[must_use]
     pub fn json(mut self, body: &serde_json::Value) -> Self {
@@ -121,6 +126,11 @@ impl ApiResponse {
         self
     }
 
+    /// Sets header `name` to `value`, replacing every value it had.
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        set_header(&mut self.headers, name, value);
+    }
+
     /// The first value of header `name`.
     pub fn header_value(&self, name: &str) -> Option<&str> {
         self.headers
@@ -133,6 +143,12 @@ impl ApiResponse {
     pub fn json_body(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// Replaces every `name` header (compared case-insensitively) with one `name: value`.
+fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
+    headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    headers.push((name.to_owned(), value.to_owned()));
 }
 
 /// Checks a JSON body's media type and size before it is parsed.
@@ -246,6 +262,32 @@ mod tests {
         for refused in [&br#"{"quantity": 4.5}"#[..], br#"{"quantity": -1.0}"#, b"{"] {
             assert!(parse_json::<Body>(refused).is_err(), "{refused:?}");
         }
+    }
+
+    #[test]
+    fn setting_a_header_replaces_every_value_it_had_whatever_its_case() {
+        let mut req = ApiRequest::new("GET", "/")
+            .header("X-Request-Id", "a")
+            .header("accept", "*/*")
+            .header("x-request-id", "b");
+        req.set_header("x-request-id", "c");
+        assert_eq!(
+            req.headers,
+            [
+                ("accept".to_owned(), "*/*".to_owned()),
+                ("x-request-id".to_owned(), "c".to_owned())
+            ]
+        );
+        let mut resp = ApiResponse::problem(&Rejection::NotFound).with_header("X-Request-Id", "a");
+        resp.set_header("x-request-id", "b");
+        assert_eq!(resp.header_value("x-request-id"), Some("b"));
+        assert_eq!(
+            resp.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+                .count(),
+            1
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `GET /v1/stock/{sku}`: a SKU's stock, from the edge cache while fresh (or stale while one
 //! request refreshes it), from Redis otherwise.
 
-use flashcart_core::ids::SkuId;
+use flashcart_core::ids::{RequestId, SkuId};
 use flashcart_core::inventory::StockLevels;
 use flashcart_core::{RedisExecutor, Rejection};
 use flashcart_edge_cache::{Clock, KvStore, Lookup};
@@ -63,15 +63,16 @@ impl StockView {
 
 impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
     /// `GET /v1/stock/{sku}`: served from the edge cache while fresh (or stale while one
-    /// request refreshes), from Redis otherwise.
-    pub async fn stock_check(&self, req: &ApiRequest, request_id: &str) -> ApiResponse {
+    /// request refreshes), from Redis otherwise. `request_id` names the request in the edge
+    /// cache's refresh lease.
+    pub async fn stock_check(&self, req: &ApiRequest, request_id: &RequestId) -> ApiResponse {
         respond(self.stock_check_inner(req, request_id).await)
     }
 
     async fn stock_check_inner(
         &self,
         req: &ApiRequest,
-        request_id: &str,
+        request_id: &RequestId,
     ) -> Result<ApiResponse, Rejection> {
         let segs = req
             .segments_after("/v1/stock/")
@@ -85,7 +86,7 @@ impl<E: RedisExecutor, S: KvStore, C: Clock + Clone> Edge<E, S, C> {
         let sku = SkuId::parse(sku)?;
         let lookup = self
             .cache
-            .lookup::<StockView>(sku.as_str(), request_id)
+            .lookup::<StockView>(sku.as_str(), request_id.as_str())
             .await
             .unwrap_or(Lookup::Miss);
         let stale = match lookup {

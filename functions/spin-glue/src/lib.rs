@@ -268,10 +268,7 @@ fn identify(req: &mut ApiRequest) -> RequestId {
         u128::from(hasher.finish())
     };
     let id = RequestId::from_random(random(0) << 64 | random(1));
-    req.headers
-        .retain(|(name, _)| !name.eq_ignore_ascii_case(RequestId::HEADER));
-    req.headers
-        .push((RequestId::HEADER.to_owned(), id.as_str().to_owned()));
+    req.set_header(RequestId::HEADER, id.as_str());
     id
 }
 
@@ -314,8 +311,8 @@ pub async fn serve(req: spin_sdk::http::Request, op: Operation) -> http::Respons
         Err(r) => return render_for(ApiResponse::problem(&r), &request_id),
     };
     let response = match op {
-        Operation::StockCheck => edge.stock_check(&api, request_id.as_str()).await,
-        Operation::Deduct => edge.deduct(&api, request_id.as_str()).await,
+        Operation::StockCheck => edge.stock_check(&api, &request_id).await,
+        Operation::Deduct => edge.deduct(&api, &request_id).await,
         Operation::Orders => edge.orders(&api).await,
         Operation::PaymentCallback => edge.payment_callback(&api).await,
         Operation::Admin => {
@@ -334,10 +331,7 @@ pub async fn serve(req: spin_sdk::http::Request, op: Operation) -> http::Respons
 /// Renders `resp` with the request's id, as the host answers it (on real Spin the glue is
 /// the only one who can).
 fn render_for(mut resp: ApiResponse, request_id: &RequestId) -> http::Response<String> {
-    resp.headers
-        .retain(|(name, _)| !name.eq_ignore_ascii_case(RequestId::HEADER));
-    resp.headers
-        .push((RequestId::HEADER.to_owned(), request_id.as_str().to_owned()));
+    resp.set_header(RequestId::HEADER, request_id.as_str());
     render(resp)
 }
 

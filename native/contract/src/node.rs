@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use flashcart_api::{ApiRequest, ApiResponse, Edge, EdgeConfig, Secret};
 use flashcart_core::KeySchema;
+use flashcart_core::ids::RequestId;
 use flashcart_core::inventory::{RateLimit, Settings};
 use flashcart_core::signature::SigningSecret;
 use flashcart_edge_cache::{CacheConfig, Clock, KvError, KvStore};
@@ -496,10 +497,14 @@ impl Node {
     }
 }
 
-/// Routes like `spin.toml` does, for the in-process node.
+/// Routes like `spin.toml` does, for the in-process node. The request is named as the glue
+/// names it: by the caller's valid `x-request-id`, else by a new one.
 async fn dispatch(edge: &InProcessEdge, req: &ApiRequest) -> ApiResponse {
     static REQUESTS: AtomicU64 = AtomicU64::new(0);
-    let request_id = format!("in-process-{}", REQUESTS.fetch_add(1, Ordering::Relaxed));
+    let request_id = req.request_id().unwrap_or_else(|| {
+        let n = REQUESTS.fetch_add(1, Ordering::Relaxed);
+        RequestId::parse(&format!("in-process-{n}")).expect("a valid request id")
+    });
     let path = req.path.as_str();
     if path == flashcart_api::document::PATH {
         flashcart_api::document::serve(req)

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 
 use crate::Config;
 use crate::dlq::{self as dead_letters, DeadLetterId};
+use crate::ledger::{Ledger, TrailEntry};
 
 /// `flashcart reconcile [--repair]`.
 #[derive(Debug, Clone, clap::Args)]
@@ -96,18 +97,9 @@ pub async fn trace(args: &TraceArgs) -> anyhow::Result<bool> {
         );
     }
     let ledger = args.config.open_ledger().await?;
-    let deadline = tokio::time::Instant::now() + args.wait;
-    let trail = loop {
-        let trail = ledger
-            .request_trail(request.as_str())
-            .await
-            .context("reading the ledger")?;
-        if !trail.is_empty() || tokio::time::Instant::now() >= deadline {
-            break trail;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let trail = settled_trail(&ledger, request.as_str(), args.wait).await;
     ledger.close().await;
+    let trail = trail?;
     if trail.is_empty() {
         eprintln!(
             "no settled event names request {request}: unknown, refused before any decision, \
@@ -115,13 +107,38 @@ pub async fn trace(args: &TraceArgs) -> anyhow::Result<bool> {
         );
         return Ok(false);
     }
-    println!(
-        "{:<15} {:>9} {:<24} {:<24} {:<20} subject",
+    print!("{}", render_trail(&trail));
+    Ok(true)
+}
+
+/// The request's settled events, polled until there is one or `wait` has passed.
+async fn settled_trail(
+    ledger: &Ledger,
+    request: &str,
+    wait: std::time::Duration,
+) -> anyhow::Result<Vec<TrailEntry>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let trail = ledger
+            .request_trail(request)
+            .await
+            .context("reading the ledger")?;
+        if !trail.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(trail);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// The trail as `flashcart trace` prints it: a header, then one line per event.
+fn render_trail(trail: &[TrailEntry]) -> String {
+    let mut out = format!(
+        "{:<15} {:>9} {:<24} {:<24} {:<20} subject\n",
         "at_ms", "partition", "entry", "type", "sku"
     );
-    for e in &trail {
-        println!(
-            "{:<15} {:>9} {:<24} {:<24} {:<20} {}",
+    for e in trail {
+        out += &format!(
+            "{:<15} {:>9} {:<24} {:<24} {:<20} {}\n",
             e.at,
             e.partition.index(),
             e.identity.to_string(),
@@ -130,7 +147,7 @@ pub async fn trace(args: &TraceArgs) -> anyhow::Result<bool> {
             e.subject.as_deref().unwrap_or("-")
         );
     }
-    Ok(true)
+    out
 }
 
 /// `flashcart dlq list|retry|drop`.
@@ -212,4 +229,44 @@ async fn dlq_on<C: redis::aio::ConnectionLike + Send>(
         }
     };
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashcart_core::keys::Partition;
+
+    #[test]
+    fn a_trail_prints_one_aligned_line_per_event_under_its_header() {
+        let entry = |kind: &str, subject: Option<&str>| TrailEntry {
+            partition: Partition::new(3),
+            identity: "1733500000000-7".parse().expect("an entry id"),
+            kind: kind.to_owned(),
+            sku: "drop-1".to_owned(),
+            at: 1_733_500_000_000,
+            subject: subject.map(str::to_owned),
+        };
+        let printed = render_trail(&[
+            entry("reservation.created", Some("r-1")),
+            entry("sku.loaded", None),
+        ]);
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(lines.len(), 3, "{printed}");
+        assert!(lines[0].starts_with("at_ms") && lines[0].ends_with("subject"));
+        let fields: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            fields,
+            [
+                "1733500000000",
+                "3",
+                "1733500000000-7",
+                "reservation.created",
+                "drop-1",
+                "r-1"
+            ]
+        );
+        assert!(lines[2].ends_with(" -"), "no subject prints '-': {printed}");
+        // The columns line up: every field starts where the header's does.
+        assert_eq!(lines[0].find("type"), lines[1].find("reservation.created"));
+    }
 }
