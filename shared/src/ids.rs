@@ -31,53 +31,69 @@ impl ValidationError {
 
 /// The characters an identifier may hold, written once as the body of a regular-expression
 /// character class (ranges and single characters; a `-` last is itself). Validation reads it
-/// here ([`Charset::allows`]); the OpenAPI document's `pattern` is built from the same text.
+/// here ([`Charset::allows`], through a set of the ASCII characters built from the text at
+/// compile time); the OpenAPI document's `pattern` is built from the same text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Charset(&'static str);
+pub struct Charset {
+    class: &'static str,
+    /// Whether each ASCII character is in the class (a table, not a 128-bit mask: wasm has
+    /// no 128-bit shift, so a mask test would be a library call per character).
+    ascii: [bool; 128],
+}
 
 impl Charset {
     /// `A-Z a-z 0-9 - _ .`: SKUs, and the SKU inside reservation and order ids.
-    pub const ID: Charset = Charset("A-Za-z0-9._-");
+    pub const ID: Charset = Charset::new("A-Za-z0-9._-");
     /// [`Charset::ID`] and `: @`: buyers.
-    pub const BUYER: Charset = Charset("A-Za-z0-9._:@-");
+    pub const BUYER: Charset = Charset::new("A-Za-z0-9._:@-");
     /// [`Charset::ID`] and `:`: payment provider event ids.
-    pub const EVENT: Charset = Charset("A-Za-z0-9._:-");
+    pub const EVENT: Charset = Charset::new("A-Za-z0-9._:-");
     /// Visible ASCII, `!` to `~`: `Idempotency-Key` values.
-    pub const VISIBLE: Charset = Charset("!-~");
+    pub const VISIBLE: Charset = Charset::new("!-~");
+
+    /// The set a character class's body names: `a-z` is a range, any other character is
+    /// itself.
+    const fn new(class: &'static str) -> Self {
+        let bytes = class.as_bytes();
+        let mut ascii = [false; 128];
+        let mut i = 0;
+        while i < bytes.len() {
+            let (low, high) = if i + 2 < bytes.len() && bytes[i + 1] == b'-' {
+                i += 3;
+                (bytes[i - 3], bytes[i - 1])
+            } else {
+                i += 1;
+                (bytes[i - 1], bytes[i - 1])
+            };
+            let mut c = low;
+            while c <= high {
+                assert!(c < 128, "a charset holds ASCII only");
+                ascii[c as usize] = true;
+                c += 1;
+            }
+        }
+        Self { class, ascii }
+    }
 
     /// The character class's body, e.g. `A-Za-z0-9._-`.
     pub fn class(self) -> &'static str {
-        self.0
+        self.class
     }
 
     /// Whether `c` is in the set.
     pub fn allows(self, c: char) -> bool {
-        if !c.is_ascii() {
-            return false;
-        }
-        let c = c as u8;
-        let class = self.0.as_bytes();
-        let mut i = 0;
-        while i < class.len() {
-            if i + 2 < class.len() && class[i + 1] == b'-' {
-                if (class[i]..=class[i + 2]).contains(&c) {
-                    return true;
-                }
-                i += 3;
-            } else {
-                if class[i] == c {
-                    return true;
-                }
-                i += 1;
-            }
-        }
-        false
+        c.is_ascii() && self.allows_byte(c as u8)
+    }
+
+    /// Whether byte `b` is (an ASCII character) in the set.
+    fn allows_byte(self, b: u8) -> bool {
+        self.ascii.get(usize::from(b)).copied().unwrap_or(false)
     }
 
     /// A regular expression for 1 to `max_len` of these characters, not all dots: what
     /// [`check`] accepts. Unanchored, so that it can be embedded; it ends the text it matches.
     pub fn pattern(self, max_len: usize) -> String {
-        format!("(?!\\.+$)[{}]{{1,{max_len}}}", self.0)
+        format!("(?!\\.+$)[{}]{{1,{max_len}}}", self.class)
     }
 }
 
@@ -96,12 +112,15 @@ fn check(
             format!("must be at most {max_len} bytes"),
         ));
     }
-    if value.chars().all(|c| c == '.') {
+    if value.bytes().all(|b| b == b'.') {
         // `.` and `..` are path segments: a URL holding them is normalised away, so such
         // an id could be created but never reached again.
         return Err(ValidationError::new(field, "must not consist of dots only"));
     }
-    if let Some(bad) = value.chars().find(|c| !charset.allows(*c)) {
+    // Every allowed character is one ASCII byte: the first byte outside the set starts the
+    // first character outside it.
+    if let Some(at) = value.bytes().position(|b| !charset.allows_byte(b)) {
+        let bad = value[at..].chars().next().unwrap_or_default();
         return Err(ValidationError::new(
             field,
             format!(
@@ -476,6 +495,30 @@ impl ReservationId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_charset_holds_exactly_the_characters_its_class_names() {
+        let id = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        let cases: [(Charset, &dyn Fn(char) -> bool); 4] = [
+            (Charset::ID, &id),
+            (Charset::BUYER, &|c| id(c) || ":@".contains(c)),
+            (Charset::EVENT, &|c| id(c) || c == ':'),
+            (Charset::VISIBLE, &|c| ('!'..='~').contains(&c)),
+        ];
+        for (charset, expected) in cases {
+            for c in (0..0x3000).filter_map(char::from_u32) {
+                assert_eq!(charset.allows(c), expected(c), "{charset:?} and {c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_character_outside_the_charset_is_named_even_past_ascii() {
+        let err = SkuId::parse("ab-ü-€").unwrap_err();
+        assert!(err.reason.contains("contains 'ü'"), "{}", err.reason);
+        let err = SkuId::parse("ab c").unwrap_err();
+        assert!(err.reason.contains("contains ' '"), "{}", err.reason);
+    }
 
     #[test]
     fn sku_accepts_bounded_charset() {

@@ -1,11 +1,11 @@
 //! flashcart edge component `order-create`: thin by design; the contract lives in `flashcart-api`.
 
-use flashcart_spin::{Operation, serve};
-use spin_sdk::http::{IntoResponse, Request};
-use spin_sdk::http_service;
+use flashcart_spin::{Operation, WasiRequest, component, serve};
+use spin_sdk::http::IntoResponse;
 
 /// Handles one request.
-#[http_service]
-async fn handle(req: Request) -> impl IntoResponse {
+async fn handle(req: WasiRequest) -> impl IntoResponse {
     serve(req, Operation::Orders).await
 }
+
+component!(super::handle);

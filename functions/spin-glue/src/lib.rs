@@ -41,6 +41,7 @@ use flashcart_edge_cache::{CacheConfig, Clock, KvError, KvStore};
 use flashcart_redis_route::{Connector, Durability, MapCache, OpenError, Router, Seeds};
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::redis::{self as redis3, RedisParameter, RedisResult};
+use spin_sdk::wasip3::http_compat::IncomingBody;
 
 /// `spin:redis` connections for the [`Router`]: one `open` per node the instance talks to
 /// (on Spin every `open` is a new TCP connection; on flashcart's host, a handle on the
@@ -272,39 +273,96 @@ fn identify(req: &mut ApiRequest) -> RequestId {
     id
 }
 
+/// A request as the WASI HTTP handler receives it.
+pub type WasiRequest = spin_sdk::wasip3::http::types::Request;
+
+/// Exports a flashcart component's WASI HTTP handler: `$handler`, an
+/// `async fn(WasiRequest) -> http::Response<String>`, gets each request as the host sent it.
+///
+/// What spin-sdk's `#[http_service]` generates, but without its conversion of the request into
+/// an `http::Request`: [`serve`] reads the method, path, headers and body straight from the
+/// WASI request, so a request's headers are copied once, not parsed into a `HeaderMap` first.
+#[macro_export]
+macro_rules! component {
+    ($handler:path) => {
+        mod __flashcart_component {
+            use ::spin_sdk::wasip3::http::types::{ErrorCode, Request, Response};
+
+            struct Component;
+            ::spin_sdk::wasip3::http::service::export!(Component);
+
+            impl ::spin_sdk::wasip3::exports::http::handler::Guest for Component {
+                async fn handle(request: Request) -> Result<Response, ErrorCode> {
+                    ::spin_sdk::http::IntoResponse::into_response($handler(request).await)
+                }
+            }
+        }
+    };
+}
+
 /// The stock-check component's requests: `GET /v1/openapi.json`, the API document compiled
 /// in ([`flashcart_api::document`]: no Redis, no variables), and everything else through
 /// [`serve`] as [`Operation::StockCheck`] (the stock read, and the app's 404 for paths no
 /// operation owns). Only this component links the document.
-pub async fn serve_stock_check(req: spin_sdk::http::Request) -> http::Response<String> {
-    if req.uri().path() == flashcart_api::document::PATH {
-        let api = ApiRequest::new(req.method().as_str(), req.uri().path());
+pub async fn serve_stock_check(req: WasiRequest) -> http::Response<String> {
+    let api = match api_request(req).await {
+        Ok(api) => api,
+        Err(refusal) => return render(ApiResponse::problem(&refusal)),
+    };
+    if api.path == flashcart_api::document::PATH {
         return render(flashcart_api::document::serve(&api));
     }
-    serve(req, Operation::StockCheck).await
+    serve_api(api, Operation::StockCheck).await
 }
 
-/// Runs `op` for a Spin request.
-pub async fn serve(req: spin_sdk::http::Request, op: Operation) -> http::Response<String> {
-    let (parts, body) = req.into_parts();
-    let body = match body.bytes().await {
-        Ok(b) => b.to_vec(),
-        Err(e) => {
-            return render(ApiResponse::problem(&Rejection::Unavailable(format!(
-                "reading the body: {e:?}"
-            ))));
-        }
+/// Runs `op` for a request.
+pub async fn serve(req: WasiRequest, op: Operation) -> http::Response<String> {
+    match api_request(req).await {
+        Ok(api) => serve_api(api, op).await,
+        Err(refusal) => render(ApiResponse::problem(&refusal)),
+    }
+}
+
+/// The request as the contract sees it: method, path without the query, the headers whose
+/// values are text (visible ASCII, space and tab: what `http::HeaderValue::to_str` accepts)
+/// and the whole body.
+async fn api_request(req: WasiRequest) -> Result<ApiRequest, Rejection> {
+    let method = http::Method::try_from(req.get_method())
+        .map_err(|_| Rejection::Unavailable("the request's method is not HTTP".into()))?;
+    let mut path = req.get_path_with_query().unwrap_or_else(|| "/".to_owned());
+    if let Some(query) = path.find('?') {
+        path.truncate(query);
+    }
+    let headers = req
+        .get_headers()
+        .copy_all()
+        .into_iter()
+        .filter(|(_, value)| {
+            value
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        })
+        .filter_map(|(name, value)| Some((name, String::from_utf8(value).ok()?)))
+        .collect();
+    let reading = |e: spin_sdk::wasip3::http::types::ErrorCode| {
+        Rejection::Unavailable(format!("reading the body: {e:?}"))
     };
-    let mut api = ApiRequest {
-        method: parts.method.as_str().to_owned(),
-        path: parts.uri.path().to_owned(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect(),
+    let body = IncomingBody::new(req)
+        .map_err(reading)?
+        .bytes()
+        .await
+        .map_err(reading)?
+        .to_vec();
+    Ok(ApiRequest {
+        method: method.as_str().to_owned(),
+        path,
+        headers,
         body,
-    };
+    })
+}
+
+/// Runs `op` for a request read whole.
+async fn serve_api(mut api: ApiRequest, op: Operation) -> http::Response<String> {
     let request_id = identify(&mut api);
     let edge = match instance_edge().await {
         Ok(e) => e,

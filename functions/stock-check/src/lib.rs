@@ -1,11 +1,11 @@
 //! flashcart edge component `stock-check`: thin by design; the contract lives in `flashcart-api`.
 
-use flashcart_spin::serve_stock_check;
-use spin_sdk::http::{IntoResponse, Request};
-use spin_sdk::http_service;
+use flashcart_spin::{WasiRequest, component, serve_stock_check};
+use spin_sdk::http::IntoResponse;
 
 /// Handles one request.
-#[http_service]
-async fn handle(req: Request) -> impl IntoResponse {
+async fn handle(req: WasiRequest) -> impl IntoResponse {
     serve_stock_check(req).await
 }
+
+component!(super::handle);
