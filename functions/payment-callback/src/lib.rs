@@ -1,10 +1,9 @@
 //! flashcart edge component `payment-callback`: thin by design; the contract lives in `flashcart-api`.
 
-use flashcart_spin::{Operation, WasiRequest, component, serve};
-use spin_sdk::http::IntoResponse;
+use flashcart_spin::{Operation, WasiRequest, WasiResponse, component, serve};
 
 /// Handles one request.
-async fn handle(req: WasiRequest) -> impl IntoResponse {
+async fn handle(req: WasiRequest) -> WasiResponse {
     serve(req, Operation::PaymentCallback).await
 }
 

@@ -6,9 +6,10 @@
 //!   reached directly (slot map, `MOVED`/`ASK`), and a single Redis exactly as before.
 //! - [`SpinKv`]: the node's `default` key-value store behind the edge cache's [`KvStore`],
 //!   opened on first use.
-//! - [`serve`]: converts the request, runs one [`Operation`] on the instance's [`Edge`],
-//!   converts the response; [`serve_stock_check`] adds the API document
-//!   (`GET /v1/openapi.json`) for the one component that serves it.
+//! - [`serve`]: reads the WASI request into the contract's `ApiRequest`, runs one
+//!   [`Operation`] on the instance's [`Edge`], answers its `ApiResponse` as a WASI response;
+//!   [`serve_stock_check`] adds the API document (`GET /v1/openapi.json`) for the one
+//!   component that serves it. [`component!`] exports either as the component's handler.
 //!
 //! An instance builds its `Edge` once, for its first request (reading the variables), and
 //! keeps it for the requests the host sends it after that: Spin 4.1 and `wasmtime serve`
@@ -275,13 +276,16 @@ fn identify(req: &mut ApiRequest) -> RequestId {
 
 /// A request as the WASI HTTP handler receives it.
 pub type WasiRequest = spin_sdk::wasip3::http::types::Request;
+/// A response as the WASI HTTP handler answers it.
+pub type WasiResponse = spin_sdk::wasip3::http::types::Response;
 
 /// Exports a flashcart component's WASI HTTP handler: `$handler`, an
-/// `async fn(WasiRequest) -> http::Response<String>`, gets each request as the host sent it.
+/// `async fn(WasiRequest) -> WasiResponse`, gets each request as the host sent it.
 ///
-/// What spin-sdk's `#[http_service]` generates, but without its conversion of the request into
-/// an `http::Request`: [`serve`] reads the method, path, headers and body straight from the
-/// WASI request, so a request's headers are copied once, not parsed into a `HeaderMap` first.
+/// What spin-sdk's `#[http_service]` generates, but without its conversions through the `http`
+/// crate: [`serve`] reads the method, path, headers and body straight from the WASI request
+/// and builds the WASI response from the contract's `ApiResponse`, so headers are copied once
+/// each way instead of being parsed into a `HeaderMap` first.
 #[macro_export]
 macro_rules! component {
     ($handler:path) => {
@@ -293,7 +297,7 @@ macro_rules! component {
 
             impl ::spin_sdk::wasip3::exports::http::handler::Guest for Component {
                 async fn handle(request: Request) -> Result<Response, ErrorCode> {
-                    ::spin_sdk::http::IntoResponse::into_response($handler(request).await)
+                    Ok($handler(request).await)
                 }
             }
         }
@@ -304,7 +308,7 @@ macro_rules! component {
 /// in ([`flashcart_api::document`]: no Redis, no variables), and everything else through
 /// [`serve`] as [`Operation::StockCheck`] (the stock read, and the app's 404 for paths no
 /// operation owns). Only this component links the document.
-pub async fn serve_stock_check(req: WasiRequest) -> http::Response<String> {
+pub async fn serve_stock_check(req: WasiRequest) -> WasiResponse {
     let api = match api_request(req).await {
         Ok(api) => api,
         Err(refusal) => return render(ApiResponse::problem(&refusal)),
@@ -316,7 +320,7 @@ pub async fn serve_stock_check(req: WasiRequest) -> http::Response<String> {
 }
 
 /// Runs `op` for a request.
-pub async fn serve(req: WasiRequest, op: Operation) -> http::Response<String> {
+pub async fn serve(req: WasiRequest, op: Operation) -> WasiResponse {
     match api_request(req).await {
         Ok(api) => serve_api(api, op).await,
         Err(refusal) => render(ApiResponse::problem(&refusal)),
@@ -362,7 +366,7 @@ async fn api_request(req: WasiRequest) -> Result<ApiRequest, Rejection> {
 }
 
 /// Runs `op` for a request read whole.
-async fn serve_api(mut api: ApiRequest, op: Operation) -> http::Response<String> {
+async fn serve_api(mut api: ApiRequest, op: Operation) -> WasiResponse {
     let request_id = identify(&mut api);
     let edge = match instance_edge().await {
         Ok(e) => e,
@@ -388,20 +392,43 @@ async fn serve_api(mut api: ApiRequest, op: Operation) -> http::Response<String>
 
 /// Renders `resp` with the request's id, as the host answers it (on real Spin the glue is
 /// the only one who can).
-fn render_for(mut resp: ApiResponse, request_id: &RequestId) -> http::Response<String> {
+fn render_for(mut resp: ApiResponse, request_id: &RequestId) -> WasiResponse {
     resp.set_header(RequestId::HEADER, request_id.as_str());
     render(resp)
 }
 
-fn render(resp: ApiResponse) -> http::Response<String> {
-    let mut builder = http::Response::builder().status(resp.status);
-    for (name, value) in &resp.headers {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    let body = String::from_utf8(resp.body).unwrap_or_default();
-    builder.body(body).unwrap_or_else(|_| {
-        let mut fallback = http::Response::new(String::from("{\"status\":500}"));
-        *fallback.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-        fallback
+fn render(resp: ApiResponse) -> WasiResponse {
+    let status = resp.status;
+    let headers: Vec<(String, Vec<u8>)> = resp
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name, value.into_bytes()))
+        .collect();
+    wasi_response(status, &headers, resp.body).unwrap_or_else(|| {
+        wasi_response(500, &[], b"{\"status\":500}".to_vec())
+            .expect("a 500 without headers is a valid response")
     })
+}
+
+/// The WASI response for `status`, `headers` and `body`, the body written by a task of its
+/// own as the host reads it; `None` when the host refuses a header or the status.
+fn wasi_response(
+    status: u16,
+    headers: &[(String, Vec<u8>)],
+    body: Vec<u8>,
+) -> Option<WasiResponse> {
+    use spin_sdk::wasip3::http::types::{ErrorCode, Fields, Trailers};
+    let fields = Fields::from_list(headers).ok()?;
+    let (mut body_writer, body_reader) = spin_sdk::wasip3::wit_stream::new();
+    let (trailers_writer, trailers_reader) =
+        spin_sdk::wasip3::wit_future::new(|| Ok::<Option<Trailers>, ErrorCode>(None));
+    let (response, _sent) = WasiResponse::new(fields, Some(body_reader), trailers_reader);
+    response.set_status_code(status).ok()?;
+    spin_sdk::wasip3::spawn(async move {
+        // The stream closes when the writer is dropped; then the trailers (none) resolve.
+        let _unwritten = body_writer.write_all(body).await;
+        drop(body_writer);
+        let _ = trailers_writer.write(Ok(None)).await;
+    });
+    Some(response)
 }

@@ -1,10 +1,9 @@
 //! flashcart edge component `stock-check`: thin by design; the contract lives in `flashcart-api`.
 
-use flashcart_spin::{WasiRequest, component, serve_stock_check};
-use spin_sdk::http::IntoResponse;
+use flashcart_spin::{WasiRequest, WasiResponse, component, serve_stock_check};
 
 /// Handles one request.
-async fn handle(req: WasiRequest) -> impl IntoResponse {
+async fn handle(req: WasiRequest) -> WasiResponse {
     serve_stock_check(req).await
 }
 
