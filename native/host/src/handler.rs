@@ -324,9 +324,13 @@ impl WorkerState for Worker {
 }
 
 /// Whether `error` is how wasmtime-wasi-http reports a worker whose task was dropped before
-/// it finished: it says "worker panicked" for any drop, but without a panic unwinding this is
-/// the runtime dropping its tasks as the server stops (an idle instance still waiting for
-/// its next request), which is no failure to warn about.
+/// it finished, and no panic is the cause: the runtime dropping its tasks as the server stops
+/// (an idle instance still waiting for its next request), which is no failure to warn about.
+///
+/// wasmtime-wasi-http 48 (`handler.rs`, `Dropper`) passes "worker panicked" from the `Drop`
+/// of a guard the worker holds, both when a panic unwinds through the worker and when the
+/// worker's future is dropped. A panic runs that `Drop` on the unwinding thread, so
+/// `thread::panicking()` tells the two apart; if the message ever changes, we warn as before.
 fn dropped_unfinished(error: &wasmtime::Error) -> bool {
     !std::thread::panicking() && error.to_string() == "worker panicked"
 }
