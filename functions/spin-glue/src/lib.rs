@@ -309,20 +309,29 @@ macro_rules! component {
 /// [`serve`] as [`Operation::StockCheck`] (the stock read, and the app's 404 for paths no
 /// operation owns). Only this component links the document.
 pub async fn serve_stock_check(req: WasiRequest) -> WasiResponse {
-    let api = match api_request(req).await {
-        Ok(api) => api,
-        Err(refusal) => return render(ApiResponse::problem(&refusal)),
-    };
-    if api.path == flashcart_api::document::PATH {
-        return render(flashcart_api::document::serve(&api));
-    }
-    serve_api(api, Operation::StockCheck).await
+    serve_read(req, async |api| {
+        if api.path == flashcart_api::document::PATH {
+            render(flashcart_api::document::serve(&api))
+        } else {
+            serve_api(api, Operation::StockCheck).await
+        }
+    })
+    .await
 }
 
 /// Runs `op` for a request.
 pub async fn serve(req: WasiRequest, op: Operation) -> WasiResponse {
+    serve_read(req, async |api| serve_api(api, op).await).await
+}
+
+/// Reads `req` and answers it with `answer`, or, when it cannot be read, with the problem
+/// that says why.
+async fn serve_read(
+    req: WasiRequest,
+    answer: impl AsyncFnOnce(ApiRequest) -> WasiResponse,
+) -> WasiResponse {
     match api_request(req).await {
-        Ok(api) => serve_api(api, op).await,
+        Ok(api) => answer(api).await,
         Err(refusal) => render(ApiResponse::problem(&refusal)),
     }
 }
@@ -341,12 +350,7 @@ async fn api_request(req: WasiRequest) -> Result<ApiRequest, Rejection> {
         .get_headers()
         .copy_all()
         .into_iter()
-        .filter(|(_, value)| {
-            value
-                .iter()
-                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-        })
-        .filter_map(|(name, value)| Some((name, String::from_utf8(value).ok()?)))
+        .filter_map(|(name, value)| Some((name, header_text(value)?)))
         .collect();
     let reading = |e: spin_sdk::wasip3::http::types::ErrorCode| {
         Rejection::Unavailable(format!("reading the body: {e:?}"))
@@ -363,6 +367,15 @@ async fn api_request(req: WasiRequest) -> Result<ApiRequest, Rejection> {
         headers,
         body,
     })
+}
+
+/// A header value as text, when it is text: visible ASCII, space and tab, what
+/// `http::HeaderValue::to_str` accepts (written out rather than through `HeaderValue`, which
+/// would copy every value on the hot path).
+fn header_text(value: Vec<u8>) -> Option<String> {
+    let text = String::from_utf8(value).ok()?;
+    let visible = |b: u8| b == b'\t' || (b' '..=b'~').contains(&b);
+    text.bytes().all(visible).then_some(text)
 }
 
 /// Runs `op` for a request read whole.
@@ -431,4 +444,22 @@ fn wasi_response(
         let _ = trailers_writer.write(Ok(None)).await;
     });
     Some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_text;
+
+    #[test]
+    fn a_header_value_is_kept_only_when_it_is_text() {
+        assert_eq!(
+            header_text(b"ticket 47\t11".to_vec()).as_deref(),
+            Some("ticket 47\t11")
+        );
+        assert_eq!(header_text(Vec::new()).as_deref(), Some(""));
+        assert_eq!(header_text("caf\u{e9}".into()), None, "UTF-8 past ASCII");
+        assert_eq!(header_text(b"a\x00b".to_vec()), None, "a control byte");
+        assert_eq!(header_text(b"a\x7fb".to_vec()), None, "DEL");
+        assert_eq!(header_text(vec![0xff, b'a']), None, "not UTF-8");
+    }
 }
