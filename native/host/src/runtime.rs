@@ -126,6 +126,14 @@ impl Default for RuntimeConfig {
 /// heap and stack live in its first few MiB).
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
+/// Address space reserved for each linear memory: all that a 32-bit index can reach.
+const MEMORY_RESERVATION_BYTES: u64 = 4 << 30;
+
+/// Unmapped address space after each reservation: a load or store whose constant offset
+/// reaches past the reservation by up to this much traps here without a bounds check
+/// (wasmtime's own default on 64-bit hosts).
+const MEMORY_GUARD_BYTES: u64 = 32 << 20;
+
 /// Slots whose memory is decommitted together (one TLB shootdown for the batch).
 const DECOMMIT_BATCH: usize = 32;
 
@@ -196,12 +204,14 @@ impl Runtime {
             })?;
             wasm.cache(Some(cache));
         }
-        // Linear memories are 32-bit: a reservation below 4 GiB makes cranelift emit
-        // explicit bounds checks. The functions are small and short-lived, so that
-        // cost is accepted in exchange for small pool slots (many engines can coexist
-        // in one process, e.g. in tests, without exhausting address space).
-        wasm.memory_reservation(config.max_memory_bytes as u64);
-        wasm.memory_guard_size(64 << 10);
+        // Linear memories are 32-bit: reserving the whole 4 GiB they can address, plus a
+        // guard region past it, lets Cranelift leave out the bounds check of every load and
+        // store (the guard catches what escapes). That is a tenth of a hello request's
+        // instructions (docs/benchmarks.md). It costs address space, not memory: a pool of
+        // 512 memories reserves ~2 TiB of the 128 TiB a process has. How far a memory may
+        // actually grow is `max_memory_bytes`, enforced by the pool.
+        wasm.memory_reservation(MEMORY_RESERVATION_BYTES);
+        wasm.memory_guard_size(MEMORY_GUARD_BYTES);
         if config.allocator == Allocator::Pooling {
             let mut pool = PoolingAllocationConfig::default();
             let n = config.max_instances;
