@@ -1,7 +1,7 @@
 //! One request's instance: its `Store` data and running the handler to a response.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -151,6 +151,20 @@ impl WasiHttpHooks for NoOutboundHttp {
                 wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::HttpRequestDenied,
             ))
         })
+    }
+
+    /// wasmtime-wasi-http's own list, asked without building its filter: the default
+    /// method allocates a new `Arc` closure for every header of every request and response.
+    fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
+        wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+    }
+
+    /// The same list as one filter for the node, shared.
+    fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        static FILTER: OnceLock<wasmtime_wasi_http::ForbiddenHeaderFilter> = OnceLock::new();
+        Arc::clone(FILTER.get_or_init(|| {
+            Arc::new(|name| wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name))
+        }))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Client connections: slow headers and bodies are cut off, a connection cap keeps
-//! file descriptors for buyers, and none of it stops the server.
+//! file descriptors for buyers, and none of it stops the server; what belongs to the
+//! connection (a proxy credential) is not passed on to a component.
 
 use std::time::Duration;
 
@@ -112,5 +113,25 @@ async fn slow_clients_at_the_connection_cap_do_not_lock_buyers_out() {
     for mut stream in slow {
         read_until_closed(&mut stream).await;
     }
+    server.stop().await.expect("clean stop");
+}
+
+/// Hop-by-hop and proxy credentials are the connection's, not the component's: the host
+/// strips wasmtime-wasi-http's forbidden headers before a request reaches a guest.
+#[tokio::test]
+async fn a_proxy_credential_never_reaches_the_component() {
+    let server = TestServer::start(HELLO, |_| {}).await;
+    let mut client = TcpStream::connect(server.address).await.expect("connect");
+    client
+        .write_all(
+            b"GET /static/a HTTP/1.1\r\nhost: x\r\nproxy-authorization: Basic c2VjcmV0\r\n\
+              connection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\nproxy-authorization=\n"), "{answer}");
+    assert!(!answer.contains("c2VjcmV0"), "{answer}");
     server.stop().await.expect("clean stop");
 }

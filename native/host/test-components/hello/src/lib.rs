@@ -1,5 +1,6 @@
 //! The smallest flashcart test component: answers every request with a greeting and
-//! echoes what the host told it about the route (Spin's `spin-*` request headers).
+//! echoes what the host told it about the route (Spin's `spin-*` request headers), and the
+//! `proxy-authorization` header it got, which a host must never pass to a guest.
 //! A path ending in `/sleep/<ms>` first waits that long (an await on the host's clock,
 //! not a busy loop), to test draining on shutdown and the wall-clock deadline.
 //! `instance-requests=` counts the requests this instance has served, so tests can see
@@ -31,11 +32,12 @@ async fn hello(req: Request) -> impl IntoResponse {
             .to_owned()
     };
     let body = format!(
-        "hello from flashcart\nmethod={}\npath-info={}\nmatched-route={}\nparam-sku={}\ninstance-requests={served}\n",
+        "hello from flashcart\nmethod={}\npath-info={}\nmatched-route={}\nparam-sku={}\ninstance-requests={served}\nproxy-authorization={}\n",
         req.method(),
         header("spin-path-info"),
         header("spin-matched-route"),
         header("spin-path-match-sku"),
+        header("proxy-authorization"),
     );
     (StatusCode::OK, body)
 }
