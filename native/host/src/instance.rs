@@ -156,16 +156,20 @@ impl WasiHttpHooks for NoOutboundHttp {
     /// wasmtime-wasi-http's own list, asked without building its filter: the default
     /// method allocates a new `Arc` closure for every header of every request and response.
     fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
-        wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+        forbidden_header(name)
     }
 
     /// The same list as one filter for the node, shared.
     fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
         static FILTER: OnceLock<wasmtime_wasi_http::ForbiddenHeaderFilter> = OnceLock::new();
-        Arc::clone(FILTER.get_or_init(|| {
-            Arc::new(|name| wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name))
-        }))
+        Arc::clone(FILTER.get_or_init(|| Arc::new(forbidden_header)))
     }
+}
+
+/// Whether a header must never pass between host and guest (hop-by-hop headers and proxy
+/// credentials: wasmtime-wasi-http's list).
+fn forbidden_header(name: &http::HeaderName) -> bool {
+    wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
 }
 
 /// How a request to a component ended, when it did not produce a response.
