@@ -221,6 +221,7 @@ impl App {
                     .then(|| key_value.clone()),
                 redis: Arc::clone(&redis),
                 environment,
+                max_memory_bytes: config.runtime.max_memory_bytes,
             });
             ids.push(id.clone());
             let handler = Arc::new(ComponentHandler::new(

@@ -136,6 +136,7 @@ fn bare_context() -> Arc<ComponentContext> {
         key_value: None,
         redis: Arc::new(crate::redis_pool::RedisPool::new()),
         environment: Vec::new(),
+        max_memory_bytes: crate::runtime::RuntimeConfig::default().max_memory_bytes,
     })
 }
 
@@ -154,16 +155,14 @@ async fn measure_allocator(
     let context = bare_context();
     // Warm up: first instantiations fault in pool pages and code.
     for _ in 0..200 {
-        let mut store =
-            wasmtime::Store::new(runtime.engine(), RequestState::new(Arc::clone(&context)));
+        let mut store = instance::new_store(runtime.engine(), Arc::clone(&context));
         store.set_epoch_deadline(u64::MAX / 2);
         loaded.pre.instantiate_async(&mut store).await?;
     }
     let mut instantiate = Vec::with_capacity(requests);
     for _ in 0..requests {
         let started = Instant::now();
-        let mut store =
-            wasmtime::Store::new(runtime.engine(), RequestState::new(Arc::clone(&context)));
+        let mut store = instance::new_store(runtime.engine(), Arc::clone(&context));
         store.set_epoch_deadline(u64::MAX / 2);
         let _service = loaded.pre.instantiate_async(&mut store).await?;
         instantiate.push(started.elapsed());
@@ -205,11 +204,10 @@ async fn measure_memory(
     timeout: Duration,
 ) -> anyhow::Result<(MemoryUse, instance::Answer)> {
     let mut store = instance::request_store(pre, context, timeout);
-    store.limiter(|state| &mut state.memory);
     let answer = instance::serve_on(&mut store, pre, request, timeout)
         .await
         .map_err(|f| anyhow::anyhow!("in-process request failed: {f:?}"))?;
-    Ok((store.data().memory, answer))
+    Ok((store.data().limits.used, answer))
 }
 
 /// One request over a new TCP connection; returns the status code, headers and body.
@@ -591,16 +589,16 @@ async fn measure_in(
         .ok_or_else(|| anyhow::anyhow!("component `{id}` was not loaded"))?;
 
     // New instances from the pre-instance, as the host makes one for a request.
-    let context = || RequestState::new(Arc::clone(&component.context));
+    let context = || Arc::clone(&component.context);
     for _ in 0..bench.instantiations.min(200) {
-        let mut store = wasmtime::Store::new(component.pre.engine(), context());
+        let mut store = instance::new_store(component.pre.engine(), context());
         store.set_epoch_deadline(u64::MAX / 2);
         component.pre.instantiate_async(&mut store).await?;
     }
     let mut instantiate = Vec::with_capacity(bench.instantiations);
     for _ in 0..bench.instantiations {
         let started = Instant::now();
-        let mut store = wasmtime::Store::new(component.pre.engine(), context());
+        let mut store = instance::new_store(component.pre.engine(), context());
         store.set_epoch_deadline(u64::MAX / 2);
         let _service = component.pre.instantiate_async(&mut store).await?;
         instantiate.push(started.elapsed());

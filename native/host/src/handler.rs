@@ -38,7 +38,7 @@ use wasmtime_wasi_http::handler::{
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
-use crate::instance::{Answer, ComponentContext, Failure, RequestState};
+use crate::instance::{self, Answer, ComponentContext, Failure, RequestState};
 use crate::runtime::EPOCH_TICK;
 
 /// How instances are reused.
@@ -213,10 +213,7 @@ impl HandlerState for Instances {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<RequestState, Expiration, Worker>> {
         let started = Instant::now();
-        let mut store = Store::new(
-            self.pre.engine(),
-            RequestState::new(Arc::clone(&self.context)),
-        );
+        let mut store = instance::new_store(self.pre.engine(), Arc::clone(&self.context));
         let in_flight = Arc::new(Mutex::new(InFlight::default()));
         let timeout = self.timeout;
         store.set_epoch_deadline(CHECK_TICKS);

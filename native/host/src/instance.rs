@@ -33,6 +33,8 @@ pub struct ComponentContext {
     pub redis: Arc<RedisPool>,
     /// `environment` from the manifest plus `--env`.
     pub environment: Vec<(String, String)>,
+    /// Largest linear memory an instance may grow to, in bytes (`--max-memory-mb`).
+    pub max_memory_bytes: usize,
 }
 
 /// The data of one request's `Store`.
@@ -42,9 +44,18 @@ pub struct RequestState {
     hooks: NoOutboundHttp,
     pub(crate) table: ResourceTable,
     pub(crate) component: Arc<ComponentContext>,
-    /// What the instance's memories and tables have grown to; counted only when the store's
-    /// limiter is set to it (`flashcart bench cold-start`), never on the serving path.
-    pub(crate) memory: MemoryUse,
+    /// The store's limiter: the memory cap, and what the instance grew to.
+    pub(crate) limits: Limits,
+}
+
+/// A store's [`wasmtime::ResourceLimiter`]. It refuses to grow a linear memory past
+/// `max_memory_bytes`: the pooling allocator refuses that too, but the on-demand one would
+/// let a memory move and grow without end. It also counts what the instance's memories and
+/// tables grew to, which `flashcart bench cold-start` reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    max_memory_bytes: usize,
+    pub(crate) used: MemoryUse,
 }
 
 /// What one instance's linear memories and tables hold: the sizes wasmtime asks a
@@ -59,17 +70,20 @@ pub struct MemoryUse {
     pub table_elements: u64,
 }
 
-impl wasmtime::ResourceLimiter for MemoryUse {
+impl wasmtime::ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Allowed here; the pool's limits still apply. A growth past the maximum fails
-        // after this call, so it is not counted.
+        if desired > self.max_memory_bytes {
+            // The guest's `memory.grow` returns -1: its allocation fails, the node goes on.
+            return Ok(false);
+        }
+        // A growth past the memory's own maximum fails after this call: not counted.
         if maximum.is_none_or(|max| desired <= max) {
-            self.linear_bytes += desired.saturating_sub(current) as u64;
+            self.used.linear_bytes += desired.saturating_sub(current) as u64;
         }
         Ok(true)
     }
@@ -81,7 +95,7 @@ impl wasmtime::ResourceLimiter for MemoryUse {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if maximum.is_none_or(|max| desired <= max) {
-            self.table_elements += desired.saturating_sub(current) as u64;
+            self.used.table_elements += desired.saturating_sub(current) as u64;
         }
         Ok(true)
     }
@@ -99,8 +113,11 @@ impl RequestState {
             http: WasiHttpCtx::new(),
             hooks: NoOutboundHttp,
             table: ResourceTable::new(),
+            limits: Limits {
+                max_memory_bytes: component.max_memory_bytes,
+                used: MemoryUse::default(),
+            },
             component,
-            memory: MemoryUse::default(),
         }
     }
 }
@@ -213,10 +230,21 @@ pub(crate) fn request_store(
     component: Arc<ComponentContext>,
     timeout: Duration,
 ) -> Store<RequestState> {
-    let mut store = Store::new(pre.engine(), RequestState::new(component));
+    let mut store = new_store(pre.engine(), component);
     let ticks = (timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
     store.set_epoch_deadline(ticks);
     store.epoch_deadline_trap();
+    store
+}
+
+/// A new store for an instance of `component`, its memory capped by [`Limits`]: how every
+/// store the host serves from begins.
+pub(crate) fn new_store(
+    engine: &wasmtime::Engine,
+    component: Arc<ComponentContext>,
+) -> Store<RequestState> {
+    let mut store = Store::new(engine, RequestState::new(component));
+    store.limiter(|state| &mut state.limits);
     store
 }
 

@@ -209,7 +209,8 @@ impl Runtime {
         // store (the guard catches what escapes). That is a tenth of a hello request's
         // instructions (docs/benchmarks.md). It costs address space, not memory: a pool of
         // 512 memories reserves ~2 TiB of the 128 TiB a process has. How far a memory may
-        // actually grow is `max_memory_bytes`, enforced by the pool.
+        // actually grow is `max_memory_bytes`, enforced by the pool and by each store's
+        // limiter (`instance::Limits`), which also holds it for the on-demand allocator.
         wasm.memory_reservation(MEMORY_RESERVATION_BYTES);
         wasm.memory_guard_size(MEMORY_GUARD_BYTES);
         if config.allocator == Allocator::Pooling {

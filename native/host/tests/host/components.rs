@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use flashcart_host::runtime::Allocator;
 use flashcart_host::variables::Providers;
 use flashcart_host::{App, AppConfig};
 
@@ -443,4 +444,43 @@ async fn concurrent_requests_share_instances() {
         answered += 1;
     }
     assert_eq!(answered, 24);
+}
+
+const MEMORY: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "memory"
+[[trigger.http]]
+route = "/..."
+component = "memory"
+[component.memory]
+source = "{wasm:memory}"
+"#;
+
+/// `--max-memory-mb` holds with either allocator: growing within it succeeds, growing past
+/// it is refused to the guest (its allocation fails) and the node goes on serving.
+async fn memory_is_capped(allocator: Allocator) {
+    let server = TestServer::start(MEMORY, |c| {
+        c.runtime.allocator = allocator;
+        c.runtime.max_memory_bytes = 24 << 20;
+    })
+    .await;
+    let within = server.get("/grow/8").await;
+    assert_eq!(within.status, 200, "{allocator:?}: {}", within.body);
+    assert_eq!(within.body, "grew=8 pages=128\n", "{allocator:?}");
+    let past = server.get("/grow/64").await;
+    assert_eq!(past.status, 507, "{allocator:?}: {}", past.body);
+    assert_eq!(past.body, "refused=64\n", "{allocator:?}");
+    assert_eq!(server.get("/grow/8").await.status, 200, "{allocator:?}");
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn memory_is_capped_with_the_pooling_allocator() {
+    memory_is_capped(Allocator::Pooling).await;
+}
+
+#[tokio::test]
+async fn memory_is_capped_with_the_on_demand_allocator() {
+    memory_is_capped(Allocator::OnDemand).await;
 }
