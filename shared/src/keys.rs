@@ -137,26 +137,38 @@ impl KeySchema {
     /// The lowest segment number partition `p` can hold: the one segment it holds, if any,
     /// when the SKU has no more segments than partitions (the default). The inverse of
     /// [`Self::segment_partition`] for such SKUs.
-    pub fn first_segment_in(&self, sku: &SkuId, p: Partition) -> u16 {
-        let home = u32::from(self.home_of_sku(sku).0);
+    ///
+    /// `sku_home` is the SKU's home, [`Self::home_of_sku`]: the hot path hashes it once a
+    /// request.
+    pub fn first_segment_in(&self, sku_home: Partition, p: Partition) -> u16 {
+        let home = u32::from(sku_home.0);
         let parts = u32::from(self.partitions);
         ((u32::from(p.0) + parts - home) % parts) as u16
     }
 
     /// The distinct partitions holding the SKU's `segments` segments, in segment order.
     pub fn sku_partitions(&self, sku: &SkuId, segments: u16) -> Vec<Partition> {
+        self.sku_partitions_from(self.home_of_sku(sku), segments)
+    }
+
+    /// [`Self::sku_partitions`] from the SKU's home, already hashed.
+    pub fn sku_partitions_from(&self, sku_home: Partition, segments: u16) -> Vec<Partition> {
         let count = segments.min(self.partitions);
-        let home = self.home_of_sku(sku);
         (0..count)
-            .map(|s| self.segment_partition_from(home, s))
+            .map(|s| self.segment_partition_from(sku_home, s))
             .collect()
     }
 
     /// The order in which a reserve that found its first partition short visits the others:
     /// the SKU's partitions after `first`, wrapping, without `first`. Deterministic, so a
-    /// resumed reserve visits them in the same order.
-    pub fn fallback_order(&self, sku: &SkuId, segments: u16, first: Partition) -> Vec<Partition> {
-        let all = self.sku_partitions(sku, segments);
+    /// resumed reserve visits them in the same order. `sku_home` is [`Self::home_of_sku`].
+    pub fn fallback_order(
+        &self,
+        sku_home: Partition,
+        segments: u16,
+        first: Partition,
+    ) -> Vec<Partition> {
+        let all = self.sku_partitions_from(sku_home, segments);
         let start = all.iter().position(|p| *p == first).map_or(0, |i| i + 1);
         all.iter()
             .cycle()
@@ -221,9 +233,11 @@ impl KeySchema {
         format!("{}:idem:psp:{}", self.home_of_psp_event(event).tag(), event)
     }
 
-    /// A buyer's purchase counter for a SKU (in the buyer's home partition).
-    pub fn purchase_count(&self, sku: &SkuId, buyer: &BuyerId) -> String {
-        format!("{}:lim:{}:{}", self.home_of_buyer(buyer).tag(), sku, buyer)
+    /// A buyer's purchase counter for a SKU, in the buyer's home partition `home`
+    /// ([`Self::home_of_buyer`], which the caller has hashed already).
+    pub fn purchase_count(&self, home: Partition, sku: &SkuId, buyer: &BuyerId) -> String {
+        debug_assert_eq!(home, self.home_of_buyer(buyer), "not {buyer}'s home");
+        format!("{}:lim:{}:{}", home.tag(), sku, buyer)
     }
 
     /// A payment provider event's dedupe record, in the order's partition.
@@ -270,10 +284,12 @@ impl KeySchema {
         ["a", "r", "o", "s"].map(|level| format!("{level}{segment}"))
     }
 
-    /// A buyer's token bucket for deducts (in the buyer's home partition, beside the records
-    /// a reserve starts with, so the bucket costs no call of its own).
-    pub fn buyer_bucket(&self, buyer: &BuyerId) -> String {
-        format!("{}:rate:buyer:{}", self.home_of_buyer(buyer).tag(), buyer)
+    /// A buyer's token bucket for deducts, in the buyer's home partition `home`
+    /// ([`Self::home_of_buyer`]), beside the records a reserve starts with, so the bucket
+    /// costs no call of its own.
+    pub fn buyer_bucket(&self, home: Partition, buyer: &BuyerId) -> String {
+        debug_assert_eq!(home, self.home_of_buyer(buyer), "not {buyer}'s home");
+        format!("{}:rate:buyer:{}", home.tag(), buyer)
     }
 }
 
@@ -320,13 +336,14 @@ mod tests {
     fn first_segment_in_inverts_segment_partition() {
         let schema = KeySchema::default();
         let s = sku("drop-1");
+        let home = schema.home_of_sku(&s);
         for segment in 0..16 {
             let p = schema.segment_partition(&s, segment);
-            assert_eq!(schema.first_segment_in(&s, p), segment);
+            assert_eq!(schema.first_segment_in(home, p), segment);
         }
         // With more segments than partitions, partition p also holds first + 16, first + 32…
         let p = schema.segment_partition(&s, 20);
-        assert_eq!(schema.first_segment_in(&s, p), 4);
+        assert_eq!(schema.first_segment_in(home, p), 4);
     }
 
     #[test]
@@ -334,11 +351,41 @@ mod tests {
         let schema = KeySchema::default();
         let s = sku("drop-1");
         let all = schema.sku_partitions(&s, 5);
-        let order = schema.fallback_order(&s, 5, all[2]);
+        let home = schema.home_of_sku(&s);
+        let order = schema.fallback_order(home, 5, all[2]);
         assert_eq!(order, vec![all[3], all[4], all[0], all[1]]);
         // A first partition that holds no segment: visit all of them, in segment order.
         let outside = schema.partitions().find(|p| !all.contains(p)).unwrap();
-        assert_eq!(schema.fallback_order(&s, 5, outside), all);
+        assert_eq!(schema.fallback_order(home, 5, outside), all);
+    }
+
+    #[test]
+    fn buyer_keys_live_in_the_home_they_are_given() {
+        let schema = KeySchema::default();
+        let buyer = BuyerId::parse("b7").unwrap();
+        let home = schema.home_of_buyer(&buyer);
+        assert!(
+            schema
+                .purchase_count(home, &sku("drop-1"), &buyer)
+                .starts_with(&format!("{}:lim:", home.tag()))
+        );
+        assert!(
+            schema
+                .buyer_bucket(home, &buyer)
+                .starts_with(&format!("{}:rate:buyer:", home.tag()))
+        );
+    }
+
+    /// A caller that names another partition as the buyer's home is caught where tests run
+    /// (debug builds); the hot path does not hash the buyer again to check.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not b7's home")]
+    fn a_buyer_key_in_a_foreign_partition_is_caught() {
+        let schema = KeySchema::default();
+        let buyer = BuyerId::parse("b7").unwrap();
+        let elsewhere = Partition::new((schema.home_of_buyer(&buyer).index() + 1) % 16);
+        let _ = schema.purchase_count(elsewhere, &sku("drop-1"), &buyer);
     }
 
     #[test]

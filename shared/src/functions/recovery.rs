@@ -414,9 +414,10 @@ impl Function<2, 1> for RestoreCount<'_> {
     type Output = Restored;
 
     fn keys(&self, schema: &KeySchema) -> [String; 2] {
+        let home = schema.home_of_buyer(self.buyer);
         [
-            schema.purchase_count(self.sku, self.buyer),
-            schema.guard(schema.home_of_buyer(self.buyer)),
+            schema.purchase_count(home, self.sku, self.buyer),
+            schema.guard(home),
         ]
     }
 

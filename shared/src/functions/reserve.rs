@@ -71,25 +71,45 @@ pub const RELEASE: Spec = Spec {
     args: &["rid", "reason", "now", "keep_ms"],
 };
 
-/// The id of the reservation a request makes in its buyer's home partition `home`; its key
-/// holds the request's record whatever the request decided (see `fc_reserve`).
-pub(crate) fn home_record(req: &ReserveRequest, home: Partition) -> ReservationId {
-    ReservationId::new(
-        home,
-        HoldToken::derive(&req.buyer, &req.key),
-        req.sku.clone(),
-    )
+/// Where a reserve request's records go, hashed once per request: each of these is a
+/// SHA-256, and one reserve names them in up to three calls (home, another partition,
+/// the closing call) and their keys and arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct Placement {
+    /// The buyer's home partition: the request's record, purchase counter and rate bucket.
+    pub(crate) home: Partition,
+    /// The SKU's home partition, where its segment 0 lives.
+    pub(crate) sku_home: Partition,
+    /// The token of the reservation the request makes, wherever it makes it.
+    pub(crate) token: HoldToken,
+    /// Which of a partition's segments the buyer tries first (spreads buyers over them).
+    pub(crate) affinity: u32,
 }
 
-fn affinity_of(req: &ReserveRequest) -> u32 {
-    let d = crate::digest(&[b"affinity", req.buyer.as_str().as_bytes()]);
-    u32::from(u16::from_be_bytes([d[0], d[1]]))
+impl Placement {
+    pub(crate) fn of(schema: &KeySchema, req: &ReserveRequest) -> Self {
+        let d = crate::digest(&[b"affinity", req.buyer.as_str().as_bytes()]);
+        Self {
+            home: schema.home_of_buyer(&req.buyer),
+            sku_home: schema.home_of_sku(&req.sku),
+            token: HoldToken::derive(&req.buyer, &req.key),
+            affinity: u32::from(u16::from_be_bytes([d[0], d[1]])),
+        }
+    }
+
+    /// The id of the reservation the request makes in partition `p`. In the buyer's home
+    /// partition its key holds the request's record whatever the request decided (see
+    /// `fc_reserve`).
+    pub(crate) fn record_in(&self, p: Partition, req: &ReserveRequest) -> ReservationId {
+        ReservationId::new(p, self.token.clone(), req.sku.clone())
+    }
 }
 
 /// A call of `fc_reserve`.
 pub(crate) struct Reserve<'a> {
     pub(crate) req: &'a ReserveRequest,
-    /// The request's record, [`home_record`] (its partition is the buyer's home).
+    pub(crate) place: &'a Placement,
+    /// The request's record, in the buyer's home partition.
     pub(crate) record: &'a ReservationId,
     /// The partitions to skip, as [`parse_skip`] reads them (`*`: every one but home).
     pub(crate) skip: &'a str,
@@ -103,14 +123,14 @@ impl Function<7, 14> for Reserve<'_> {
     type Output = (Result<HomeStep>, Sighting);
 
     fn keys(&self, schema: &KeySchema) -> [String; 7] {
-        let (req, home) = (self.req, self.record.partition());
+        let (req, home) = (self.req, self.place.home);
         [
             schema.sku(home, &req.sku),
-            schema.purchase_count(&req.sku, &req.buyer),
+            schema.purchase_count(home, &req.sku, &req.buyer),
             schema.reservation(self.record),
             schema.events(home),
             schema.expiries(home),
-            schema.buyer_bucket(&req.buyer),
+            schema.buyer_bucket(home, &req.buyer),
             schema.guard(home),
         ]
     }
@@ -129,12 +149,12 @@ impl Function<7, 14> for Reserve<'_> {
             self.record.to_string(),
             settings.idempotency_ttl_ms.to_string(),
             settings.fallback_lease_ms.to_string(),
-            affinity_of(req).to_string(),
+            self.place.affinity.to_string(),
             capacity.to_string(),
             step_us.to_string(),
             self.skip.to_owned(),
             schema
-                .first_segment_in(&req.sku, self.record.partition())
+                .first_segment_in(self.place.sku_home, self.place.home)
                 .to_string(),
             request_arg(req.request.as_ref()),
         ]
@@ -239,6 +259,7 @@ fn reservation_from(reply: &Reply) -> Result<Reservation> {
 /// A call of `fc_reserve_at`.
 pub(crate) struct ReserveAt<'a> {
     pub(crate) req: &'a ReserveRequest,
+    pub(crate) place: &'a Placement,
     /// The reservation the request would make there (names the partition and the token).
     pub(crate) record: &'a ReservationId,
     pub(crate) now: Now,
@@ -271,9 +292,9 @@ impl Function<6, 9> for ReserveAt<'_> {
             self.now.arg(),
             self.record.to_string(),
             self.idempotency_ttl_ms.to_string(),
-            affinity_of(req).to_string(),
+            self.place.affinity.to_string(),
             schema
-                .first_segment_in(&req.sku, self.record.partition())
+                .first_segment_in(self.place.sku_home, self.record.partition())
                 .to_string(),
             request_arg(req.request.as_ref()),
         ]
@@ -297,7 +318,7 @@ impl Function<6, 9> for ReserveAt<'_> {
 /// A call of `fc_reserve_finish`.
 pub(crate) struct ReserveFinish<'a> {
     pub(crate) req: &'a ReserveRequest,
-    /// The request's record at home ([`home_record`]).
+    /// The request's record at home ([`Placement::record_in`] the buyer's home).
     pub(crate) record: &'a ReservationId,
     pub(crate) search: &'a Search,
     pub(crate) idempotency_ttl_ms: u64,
@@ -310,7 +331,7 @@ impl Function<3, 5> for ReserveFinish<'_> {
     fn keys(&self, schema: &KeySchema) -> [String; 3] {
         [
             schema.reservation(self.record),
-            schema.purchase_count(&self.req.sku, &self.req.buyer),
+            schema.purchase_count(self.record.partition(), &self.req.sku, &self.req.buyer),
             schema.guard(self.record.partition()),
         ]
     }

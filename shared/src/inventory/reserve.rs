@@ -7,10 +7,8 @@ use serde::Serialize;
 
 use super::{Inventory, Now, Result};
 use crate::exec::RedisExecutor;
-use crate::functions::reserve::{
-    Release, Reserve, ReserveAt, ReserveFinish, Sighting, home_record,
-};
-use crate::ids::{BuyerId, HoldToken, IdempotencyKey, Quantity, RequestId, ReservationId, SkuId};
+use crate::functions::reserve::{Placement, Release, Reserve, ReserveAt, ReserveFinish, Sighting};
+use crate::ids::{BuyerId, IdempotencyKey, Quantity, RequestId, ReservationId, SkuId};
 use crate::keys::Partition;
 use crate::problem::Rejection;
 
@@ -167,9 +165,10 @@ impl<E: RedisExecutor> Inventory<E> {
         seen: &mut Vec<(Partition, u64)>,
         segments_seen: &mut Option<u16>,
     ) -> Result<Reservation> {
-        let home = self.schema.home_of_buyer(&req.buyer);
-        let skip = self.skip_arg(&req.sku, hint, home);
-        let (step, at_home) = self.home_step(req, &skip, now).await;
+        let place = Placement::of(&self.schema, req);
+        let home = place.home;
+        let skip = self.skip_arg(hint, &place);
+        let (step, at_home) = self.home_step(req, &place, &skip, now).await;
         if let Some(left) = at_home.left {
             seen.push((home, left));
         }
@@ -179,11 +178,11 @@ impl<E: RedisExecutor> Inventory<E> {
             HomeStep::LookElsewhere { segments, skip } => (segments, skip),
         };
         let mut search = Search::SoldOut;
-        for p in self.schema.fallback_order(&req.sku, segments, home) {
+        for p in self.schema.fallback_order(place.sku_home, segments, home) {
             if skip.contains(&p) {
                 continue;
             }
-            let (found, left) = self.search_in(req, p, now).await?;
+            let (found, left) = self.search_in(req, &place, p, now).await?;
             if let Some(left) = left {
                 seen.push((p, left));
             }
@@ -199,17 +198,19 @@ impl<E: RedisExecutor> Inventory<E> {
         match search {
             // No lease: a retry resumes the search and finds this reservation itself.
             Search::Found(reservation) if self.settings.fallback_lease_ms == 0 => Ok(reservation),
-            search => self.reserve_finish(req, &search).await,
+            search => self.finish(req, &place, &search).await,
         }
     }
 
     /// The `skip` argument of `fc_reserve`: the SKU's partitions (but home) believed empty,
     /// or `*` when that is all of them.
-    fn skip_arg(&self, sku: &SkuId, hint: &StockHint, home: Partition) -> String {
+    fn skip_arg(&self, hint: &StockHint, place: &Placement) -> String {
         let Some(segments) = hint.segments else {
             return String::new();
         };
-        let others = self.schema.fallback_order(sku, segments, home);
+        let others = self
+            .schema
+            .fallback_order(place.sku_home, segments, place.home);
         let empty: Vec<String> = others
             .iter()
             .filter(|p| hint.empty.contains(p))
@@ -228,18 +229,21 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// As [`Self::reserve`].
     pub async fn reserve_at_home(&self, req: &ReserveRequest, now: Now) -> Result<HomeStep> {
-        self.home_step(req, "", now).await.0
+        let place = Placement::of(&self.schema, req);
+        self.home_step(req, &place, "", now).await.0
     }
 
     async fn home_step(
         &self,
         req: &ReserveRequest,
+        place: &Placement,
         skip: &str,
         now: Now,
     ) -> (Result<HomeStep>, Sighting) {
-        let record = home_record(req, self.schema.home_of_buyer(&req.buyer));
+        let record = place.record_in(place.home, req);
         let call = Reserve {
             req,
+            place,
             record: &record,
             skip,
             now,
@@ -257,19 +261,21 @@ impl<E: RedisExecutor> Inventory<E> {
     /// # Errors
     /// Unavailable.
     pub async fn reserve_in(&self, req: &ReserveRequest, p: Partition, now: Now) -> Result<Search> {
-        Ok(self.search_in(req, p, now).await?.0)
+        let place = Placement::of(&self.schema, req);
+        Ok(self.search_in(req, &place, p, now).await?.0)
     }
 
     async fn search_in(
         &self,
         req: &ReserveRequest,
+        place: &Placement,
         p: Partition,
         now: Now,
     ) -> Result<(Search, Option<u64>)> {
-        let token = HoldToken::derive(&req.buyer, &req.key);
-        let record = ReservationId::new(p, token, req.sku.clone());
+        let record = place.record_in(p, req);
         self.call(&ReserveAt {
             req,
+            place,
             record: &record,
             now,
             idempotency_ttl_ms: self.settings.idempotency_ttl_ms,
@@ -287,7 +293,17 @@ impl<E: RedisExecutor> Inventory<E> {
         req: &ReserveRequest,
         search: &Search,
     ) -> Result<Reservation> {
-        let record = home_record(req, self.schema.home_of_buyer(&req.buyer));
+        let place = Placement::of(&self.schema, req);
+        self.finish(req, &place, search).await
+    }
+
+    async fn finish(
+        &self,
+        req: &ReserveRequest,
+        place: &Placement,
+        search: &Search,
+    ) -> Result<Reservation> {
+        let record = place.record_in(place.home, req);
         self.call(&ReserveFinish {
             req,
             record: &record,

@@ -378,7 +378,7 @@ pub(crate) async fn crashed_fallback_resumes(d: &Deployment, inv: &NativeInvento
         .find(|b| !parts.contains(&schema.home_of_buyer(&buyer(b))))
         .expect("buyer");
     let home = schema.home_of_buyer(&buyer(&late));
-    let order = schema.fallback_order(&sku, 3, home);
+    let order = schema.fallback_order(schema.home_of_sku(&sku), 3, home);
     // Empty the first partition the late buyer will visit.
     let local = buyer_homed(order[0], true);
     let drained = inv
