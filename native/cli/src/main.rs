@@ -2,13 +2,6 @@
 
 use clap::{Parser, Subcommand};
 
-/// The process's allocator. Every request allocates and frees a few hundred times on the host
-/// side (hyper, wasmtime lowering values into and out of the guest, redis-rs), and mimalloc
-/// does that in fewer instructions than glibc's malloc (docs/benchmarks.md, "The host's
-/// allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod bench;
 mod build;
 mod settle;
