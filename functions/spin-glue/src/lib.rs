@@ -372,6 +372,7 @@ async fn api_request(req: WasiRequest) -> Result<ApiRequest, Rejection> {
 /// A header value as text, when it is text: visible ASCII, space and tab, what
 /// `http::HeaderValue::to_str` accepts (written out rather than through `HeaderValue`, which
 /// would copy every value on the hot path).
+///
 /// The bytes are tested first: text of visible ASCII is valid UTF-8, which `from_utf8` then
 /// confirms on its word-at-a-time ASCII path.
 fn header_text(value: Vec<u8>) -> Option<String> {
