@@ -208,6 +208,19 @@ pub struct Tally {
     pub last_done: Duration,
     /// Open loop: how late requests were sent after their due time, in µs.
     pub send_lag: Histogram<u64>,
+    /// Every request, by the second it was sent (open loop: due), for the per-second view.
+    pub samples: Vec<Sample>,
+}
+
+/// One request's place in the run's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// The second of the run it was sent in (open loop: due in), from 0.
+    pub second: u32,
+    /// Its latency in µs (saturating at `u32::MAX`, about 71 minutes).
+    pub latency_us: u32,
+    /// Whether it got no answer.
+    pub failed: bool,
 }
 
 impl Tally {
@@ -222,13 +235,18 @@ impl Tally {
             last_success: None,
             last_done: Duration::ZERO,
             send_lag: histogram(),
+            samples: Vec::new(),
         }
     }
 
-    fn record(&mut self, outcome: Outcome, latency: Duration, done: Duration) {
-        let _ = self
-            .latency
-            .record((latency.as_micros() as u64).clamp(1, 600_000_000));
+    fn record(&mut self, outcome: Outcome, sent: Duration, latency: Duration, done: Duration) {
+        let latency_us = latency.as_micros() as u64;
+        let _ = self.latency.record(latency_us.clamp(1, 600_000_000));
+        self.samples.push(Sample {
+            second: u32::try_from(sent.as_secs()).unwrap_or(u32::MAX),
+            latency_us: u32::try_from(latency_us).unwrap_or(u32::MAX),
+            failed: matches!(outcome, Outcome::Failed(_)),
+        });
         self.last_done = self.last_done.max(done);
         match outcome {
             Outcome::Answer {
@@ -259,6 +277,7 @@ impl Tally {
         for (k, v) in other.failures {
             *self.failures.entry(k).or_default() += v;
         }
+        self.samples.extend(other.samples);
         self.sold_out += other.sold_out;
         self.from_edge_flag += other.from_edge_flag;
         self.first_sold_out = match (self.first_sold_out, other.first_sold_out) {
@@ -380,6 +399,7 @@ async fn user<T: Target>(
         let now = Instant::now();
         tally.record(
             outcome,
+            sent_from.saturating_duration_since(schedule.start),
             now.saturating_duration_since(sent_from),
             now.saturating_duration_since(schedule.start),
         );

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::checks::{LedgerCheck, SkuCheck};
 use crate::cpu;
-use crate::driver::{Failure, Finished, Level};
+use crate::driver::{Failure, Finished, Level, Sample};
 
 /// What was measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -80,6 +80,54 @@ impl Latency {
     }
 }
 
+/// One second of a run: the requests sent in it (open loop: due in it) and their latency.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Second {
+    /// The second of the run, from 0.
+    pub second: u32,
+    /// Requests sent in it.
+    pub requests: u64,
+    /// Of those, how many got no answer.
+    pub failed: u64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Slowest request, ms.
+    pub max_ms: f64,
+}
+
+/// The run second by second, so a burst of slow requests shows when it happened; seconds in
+/// which nothing was sent are left out.
+pub fn timeline(samples: &[Sample]) -> Vec<Second> {
+    let mut by_second: BTreeMap<u32, (Vec<u32>, u64)> = BTreeMap::new();
+    for s in samples {
+        let (latencies, failed) = by_second.entry(s.second).or_default();
+        latencies.push(s.latency_us);
+        *failed += u64::from(s.failed);
+    }
+    by_second
+        .into_iter()
+        .map(|(second, (mut latencies, failed))| {
+            latencies.sort_unstable();
+            // Nearest rank: the smallest latency at or above the fraction q of the requests.
+            let rank = |q: f64| {
+                let n = latencies.len();
+                let index = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+                f64::from(latencies[index]) / 1000.0
+            };
+            Second {
+                second,
+                requests: latencies.len() as u64,
+                failed,
+                p50_ms: rank(0.50),
+                p99_ms: rank(0.99),
+                max_ms: rank(1.0),
+            }
+        })
+        .collect()
+}
+
 /// The drop regime's story.
 #[derive(Debug, Clone, Serialize)]
 pub struct DropStory {
@@ -133,6 +181,8 @@ pub struct Run {
     pub fcalls_per_request: Option<f64>,
     /// The drop regime's sell-out story.
     pub drop: Option<DropStory>,
+    /// Second by second.
+    pub timeline: Vec<Second>,
 }
 
 impl Run {
@@ -153,6 +203,7 @@ impl Run {
             cpu: Vec::new(),
             fcalls_per_request: None,
             drop: None,
+            timeline: timeline(&t.samples),
         }
     }
 
@@ -335,6 +386,34 @@ impl Report {
                 cpu_column(&r.cpu),
             );
         }
+        let edge_runs: Vec<&Run> = self
+            .runs
+            .iter()
+            .filter(|r| matches!(r.subject, Subject::Sustained | Subject::Drop))
+            .filter(|r| r.timeline.len() > 1)
+            .collect();
+        if !edge_runs.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{:<8} {:<26} p99 ms of each second (open loop: by due time)",
+                "load", "per second"
+            );
+            for r in edge_runs {
+                let seconds: Vec<String> = r
+                    .timeline
+                    .iter()
+                    .map(|s| format!("{:.1}", s.p99_ms))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{:<8} {:<26} {}",
+                    r.level.to_string(),
+                    r.subject.label(),
+                    seconds.join(" ")
+                );
+            }
+        }
         if !self.ratios.is_empty() {
             let _ = writeln!(out);
             let _ = writeln!(
@@ -437,7 +516,37 @@ mod tests {
             cpu: Vec::new(),
             fcalls_per_request: None,
             drop: None,
+            timeline: Vec::new(),
         }
+    }
+
+    fn sample(second: u32, latency_ms: u32) -> Sample {
+        Sample {
+            second,
+            latency_us: latency_ms * 1000,
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn the_timeline_shows_the_second_a_burst_happened_in() {
+        // Second 0: 100 fast requests. Second 2: 98 fast, two slow ones and a failure.
+        let mut samples: Vec<Sample> = (0..100).map(|_| sample(0, 2)).collect();
+        samples.extend((0..98).map(|_| sample(2, 3)));
+        samples.push(sample(2, 80));
+        samples.push(Sample {
+            failed: true,
+            ..sample(2, 10_000)
+        });
+        let t = timeline(&samples);
+        assert_eq!(t.len(), 2, "a second with no request is left out: {t:?}");
+        assert_eq!((t[0].second, t[0].requests, t[0].failed), (0, 100, 0));
+        assert_eq!((t[0].p50_ms, t[0].p99_ms, t[0].max_ms), (2.0, 2.0, 2.0));
+        assert_eq!((t[1].second, t[1].requests, t[1].failed), (2, 100, 1));
+        assert_eq!(
+            (t[1].p50_ms, t[1].p99_ms, t[1].max_ms),
+            (3.0, 80.0, 10_000.0)
+        );
     }
 
     #[test]

@@ -120,8 +120,11 @@ pub struct Options {
     #[arg(long, default_value_t = 100)]
     pub drop_stock: u64,
     /// Buyers in each drop, one request each (more than the stock, to go past sell-out).
-    #[arg(long, default_value_t = 5000)]
-    pub drop_buyers: u64,
+    /// Default: as many as a sustained run sends at the same level — `--requests`, or for
+    /// `--duration` the open loop's rate × duration and 50 000 in a closed loop — so the
+    /// sold-out answers are measured for seconds, not only while instances start.
+    #[arg(long)]
+    pub drop_buyers: Option<u64>,
     /// Baselines to measure beside each sustained run.
     #[arg(
         long,
@@ -176,8 +179,9 @@ pub struct Options {
     /// Log filter (`FLASHCART_LOG`) of the bench's nodes; `info` logs every request.
     #[arg(long, default_value = "warn")]
     pub node_log: String,
-    /// The `flashcart` binary that runs the nodes (default: this executable).
-    #[arg(long, hide = true)]
+    /// The `flashcart` binary that runs the bench's nodes (default: this executable), to
+    /// compare two builds with one load generator.
+    #[arg(long)]
     pub flashcart: Option<PathBuf>,
 }
 
@@ -211,6 +215,21 @@ impl Options {
         }
     }
 
+    /// Buyers in a drop at `level` (see `--drop-buyers`), never fewer than twice the stock.
+    fn drop_buyers(&self, level: Level) -> u64 {
+        const CLOSED_LOOP_BUYERS: u64 = 50_000;
+        self.drop_buyers.unwrap_or_else(|| {
+            let like_sustained = match (self.bound(), level) {
+                (Bound::Requests(n), _) => n,
+                (Bound::Duration(d), Level::Open { rate }) => {
+                    (d.as_secs_f64() * rate as f64).round() as u64
+                }
+                (Bound::Duration(_), Level::Closed { .. }) => CLOSED_LOOP_BUYERS,
+            };
+            like_sustained.max(self.drop_stock.saturating_mul(2))
+        })
+    }
+
     fn wants(&self, baseline: Baseline) -> bool {
         !self.no_baselines && self.baseline.contains(&baseline)
     }
@@ -233,7 +252,10 @@ impl Options {
             self.drop_stock <= flashcart_core::sku::SkuSpec::MAX_STOCK,
             "--drop-stock is more than a SKU may hold"
         );
-        ensure!(self.drop_buyers > 0, "--drop-buyers must be at least 1");
+        ensure!(
+            self.drop_buyers != Some(0),
+            "--drop-buyers must be at least 1"
+        );
         if !self.urls.is_empty() {
             ensure!(
                 self.nodes == 1,
@@ -1013,11 +1035,11 @@ impl<'a> Bench<'a> {
             .run(
                 Subject::Drop,
                 level,
-                Bound::Requests(options.drop_buyers),
+                Bound::Requests(options.drop_buyers(level)),
                 target,
             )
             .await?;
-        run.drop = Some(drop_story(&sku, options, &finished));
+        run.drop = Some(drop_story(&sku, options, level, &finished));
         let mut sold = Sold::default();
         sold.add(&finished);
         Ok((
@@ -1105,7 +1127,7 @@ impl<'a> Bench<'a> {
     }
 }
 
-fn drop_story(sku: &str, options: &Options, finished: &Finished) -> DropStory {
+fn drop_story(sku: &str, options: &Options, level: Level, finished: &Finished) -> DropStory {
     let t = &finished.tally;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let sold_out_per_second = t.first_sold_out.map(|first| {
@@ -1119,7 +1141,7 @@ fn drop_story(sku: &str, options: &Options, finished: &Finished) -> DropStory {
     DropStory {
         sku: sku.to_owned(),
         stock: options.drop_stock,
-        buyers: options.drop_buyers,
+        buyers: options.drop_buyers(level),
         created: t.statuses.get(&201).copied().unwrap_or(0),
         sold_out: t.sold_out,
         sold_out_from_edge_flag: t.from_edge_flag,
@@ -1163,18 +1185,19 @@ mod tests {
         assert!(loopback_address("127.0.0.1:3000", 80).await.is_err());
     }
 
-    #[test]
-    fn options_are_checked_before_anything_starts() {
+    /// `flashcart bench sale`'s options from its arguments, as the CLI parses them.
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
         use clap::Parser as _;
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
             options: Options,
         }
-        let parse = |args: &[&str]| {
-            Cli::try_parse_from(std::iter::once("sale").chain(args.iter().copied()))
-                .map(|c| c.options)
-        };
+        Cli::try_parse_from(std::iter::once("sale").chain(args.iter().copied())).map(|c| c.options)
+    }
+
+    #[test]
+    fn options_are_checked_before_anything_starts() {
         let defaults = parse(&[]).expect("parses");
         assert_eq!(defaults.regime, vec![Regime::Sustained, Regime::Drop]);
         assert_eq!(defaults.baseline.len(), 4);
@@ -1200,5 +1223,30 @@ mod tests {
         assert_eq!(open_only.levels(), vec![Level::Open { rate: 10 }]);
         assert!(parse(&["--duration", "soon"]).is_err());
         assert!(parse(&["--redis-url", "redis://127.0.0.1"]).is_err());
+        assert!(
+            parse(&["--drop-buyers", "0"])
+                .expect("parses")
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_drop_lasts_as_long_as_a_sustained_run_unless_told() {
+        let parse = |args: &[&str]| parse(args).expect("parses");
+        let closed = Level::Closed { concurrency: 16 };
+        let open = Level::Open { rate: 2600 };
+        let defaults = parse(&["--duration", "5s"]);
+        assert_eq!(defaults.drop_buyers(closed), 50_000);
+        assert_eq!(defaults.drop_buyers(open), 13_000);
+        let counted = parse(&["--requests", "150", "--drop-stock", "20"]);
+        assert_eq!(counted.drop_buyers(closed), 150);
+        assert_eq!(counted.drop_buyers(open), 150);
+        // Never so few that the drop cannot go past its sell-out.
+        let big_stock = parse(&["--requests", "150", "--drop-stock", "100"]);
+        assert_eq!(big_stock.drop_buyers(open), 200);
+        let told = parse(&["--drop-buyers", "120"]);
+        assert_eq!(told.drop_buyers(closed), 120);
+        assert_eq!(told.drop_buyers(open), 120);
     }
 }

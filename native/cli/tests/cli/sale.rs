@@ -112,6 +112,14 @@ fn bench_sale_reports_a_clean_sale() {
             requests
         };
         assert_eq!(sent, expected, "{run:#}");
+        // The per-second timeline accounts for every request, once.
+        let timeline = run["timeline"].as_array().expect("timeline");
+        assert!(!timeline.is_empty(), "{run:#}");
+        let in_timeline: u64 = timeline
+            .iter()
+            .map(|s| s["requests"].as_u64().expect("requests of a second"))
+            .sum();
+        assert_eq!(in_timeline, sent, "{run:#}");
         if run["subject"] == "drop" {
             let drop = &run["drop"];
             assert_eq!(run["statuses"]["201"], stock, "{run:#}");
