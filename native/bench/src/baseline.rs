@@ -178,6 +178,91 @@ impl Target for DirectReserve {
     }
 }
 
+/// A kind of stall Redis's latency monitor saw (`LATENCY LATEST`): a command or an internal
+/// event (`aof-write`, `aof-fsync-always`, `fork`, `expire-cycle`, …) that took at least the
+/// monitor's threshold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RedisStall {
+    /// The event's name.
+    pub event: String,
+    /// When its latest stall happened, Unix seconds.
+    pub latest_at_unix_s: u64,
+    /// How long its latest stall took, ms.
+    pub latest_ms: u64,
+    /// Its longest stall since the last reset, ms.
+    pub max_ms: u64,
+}
+
+/// Turns on Redis's latency monitor for stalls of `threshold_ms` and longer (only on a Redis
+/// the bench started: it changes the server's configuration).
+///
+/// # Errors
+/// When Redis refuses the command.
+pub async fn watch_stalls(conn: &RedisConn, threshold_ms: u64) -> anyhow::Result<()> {
+    conn.query(
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("latency-monitor-threshold")
+            .arg(threshold_ms),
+    )
+    .await
+    .context("CONFIG SET latency-monitor-threshold")?;
+    Ok(())
+}
+
+/// Forgets the stalls seen so far, so the next [`stalls`] covers one run.
+///
+/// # Errors
+/// When Redis refuses the command.
+pub async fn forget_stalls(conn: &RedisConn) -> anyhow::Result<()> {
+    conn.query(redis::cmd("LATENCY").arg("RESET"))
+        .await
+        .context("LATENCY RESET")?;
+    Ok(())
+}
+
+/// The stalls Redis's latency monitor saw since the last reset.
+///
+/// # Errors
+/// When Redis refuses the command.
+pub async fn stalls(conn: &RedisConn) -> anyhow::Result<Vec<RedisStall>> {
+    let latest = conn
+        .query(redis::cmd("LATENCY").arg("LATEST"))
+        .await
+        .context("LATENCY LATEST")?;
+    Ok(stalls_from(&latest))
+}
+
+/// Reads `LATENCY LATEST`'s reply: one `[event, timestamp, latest ms, max ms]` per event.
+fn stalls_from(reply: &redis::Value) -> Vec<RedisStall> {
+    let redis::Value::Array(events) = reply else {
+        return Vec::new();
+    };
+    events
+        .iter()
+        .filter_map(|event| {
+            let redis::Value::Array(fields) = event else {
+                return None;
+            };
+            let number = |v: &redis::Value| match v {
+                redis::Value::Int(n) => u64::try_from(*n).ok(),
+                _ => None,
+            };
+            let name = match fields.first()? {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Value::SimpleString(s) => s.clone(),
+                _ => return None,
+            };
+            Some(RedisStall {
+                event: name,
+                latest_at_unix_s: number(fields.get(1)?)?,
+                latest_ms: number(fields.get(2)?)?,
+                max_ms: number(fields.get(3)?)?,
+            })
+        })
+        .collect()
+}
+
 /// Calls per command name since Redis started (`INFO commandstats`), e.g. `fcall`.
 ///
 /// # Errors
@@ -227,4 +312,58 @@ pub async fn server_info(conn: &RedisConn, field: &str) -> anyhow::Result<Option
             .and_then(|r| r.strip_prefix(':'))
             .map(|v| v.trim().to_owned())
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use flashcart_inventory::Target as RedisTarget;
+    use flashcart_testkit::RedisServer;
+
+    use super::*;
+
+    #[test]
+    fn latency_latest_is_read_event_by_event() {
+        use redis::Value::{Array, BulkString, Int};
+        let reply = Array(vec![
+            Array(vec![
+                BulkString(b"aof-write".to_vec()),
+                Int(1_700_000_007),
+                Int(12),
+                Int(30),
+            ]),
+            Array(vec![BulkString(b"broken".to_vec()), Int(1)]),
+        ]);
+        assert_eq!(
+            stalls_from(&reply),
+            vec![RedisStall {
+                event: "aof-write".into(),
+                latest_at_unix_s: 1_700_000_007,
+                latest_ms: 12,
+                max_ms: 30,
+            }]
+        );
+        assert!(stalls_from(&redis::Value::Nil).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_slow_command_is_seen_as_a_stall_and_forgotten_on_reset() -> anyhow::Result<()> {
+        let redis = tokio::task::spawn_blocking(RedisServer::start).await??;
+        let conn = RedisConn::connect(&RedisTarget::Single(redis.url())).await?;
+        watch_stalls(&conn, 10).await?;
+        // A script that keeps Redis busy for 60 ms: one command over the threshold.
+        let busy = "local t = redis.call('TIME') \
+                    local start = t[1] * 1000000 + t[2] \
+                    repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= 60000 \
+                    return 1";
+        conn.query(redis::cmd("EVAL").arg(busy).arg(0)).await?;
+        let seen = stalls(&conn).await?;
+        let command = seen
+            .iter()
+            .find(|s| s.event == "command")
+            .unwrap_or_else(|| panic!("no command stall in {seen:?}"));
+        assert!(command.max_ms >= 60, "{command:?}");
+        forget_stalls(&conn).await?;
+        assert_eq!(stalls(&conn).await?, Vec::new());
+        Ok(())
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::baseline::RedisStall;
 use crate::checks::{LedgerCheck, SkuCheck};
 use crate::cpu;
 use crate::driver::{Failure, Finished, Level, Sample};
@@ -128,6 +129,16 @@ pub fn timeline(samples: &[Sample]) -> Vec<Second> {
         .collect()
 }
 
+/// A Redis stall during a run, placed in the run's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RedisStallInRun {
+    /// The second of the run its latest stall happened in (Redis gives whole seconds: ±1).
+    pub second: u64,
+    /// What Redis reported.
+    #[serde(flatten)]
+    pub stall: RedisStall,
+}
+
 /// The drop regime's story.
 #[derive(Debug, Clone, Serialize)]
 pub struct DropStory {
@@ -183,6 +194,9 @@ pub struct Run {
     pub drop: Option<DropStory>,
     /// Second by second.
     pub timeline: Vec<Second>,
+    /// Stalls Redis's latency monitor saw during the run (`None`: not watched — a Redis the
+    /// bench did not start).
+    pub redis_stalls: Option<Vec<RedisStallInRun>>,
 }
 
 impl Run {
@@ -204,6 +218,7 @@ impl Run {
             fcalls_per_request: None,
             drop: None,
             timeline: timeline(&t.samples),
+            redis_stalls: None,
         }
     }
 
@@ -396,7 +411,7 @@ impl Report {
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "{:<8} {:<26} p99 ms of each second (open loop: by due time)",
+                "{:<8} {:<26} p99 ms of each second (open loop: by due time) | Redis's own stalls",
                 "load", "per second"
             );
             for r in edge_runs {
@@ -405,12 +420,28 @@ impl Report {
                     .iter()
                     .map(|s| format!("{:.1}", s.p99_ms))
                     .collect();
+                let stalls: Vec<String> = r
+                    .redis_stalls
+                    .iter()
+                    .flatten()
+                    .map(|s| {
+                        format!(
+                            "{} {} ms (max {}) in second {}",
+                            s.stall.event, s.stall.latest_ms, s.stall.max_ms, s.second
+                        )
+                    })
+                    .collect();
                 let _ = writeln!(
                     out,
-                    "{:<8} {:<26} {}",
+                    "{:<8} {:<26} {}{}",
                     r.level.to_string(),
                     r.subject.label(),
-                    seconds.join(" ")
+                    seconds.join(" "),
+                    if stalls.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" | redis stalls: {}", stalls.join(", "))
+                    }
                 );
             }
         }
@@ -517,6 +548,7 @@ mod tests {
             fcalls_per_request: None,
             drop: None,
             timeline: Vec::new(),
+            redis_stalls: None,
         }
     }
 

@@ -28,7 +28,9 @@ use crate::cpu::{self, Meter, Watched};
 use crate::driver::{self, Bound, Finished, Level, Plan, Target};
 use crate::http::{HttpTarget, Request};
 use crate::node::{self, Process, Up};
-use crate::report::{self, Checks, DropStory, Machine, Report, Run, Setup, Subject};
+use crate::report::{
+    self, Checks, DropStory, Machine, RedisStallInRun, Report, Run, Setup, Subject,
+};
 
 /// The settlement consumer group whose backlog the bench waits on.
 const SETTLEMENT_GROUP: &str = "settlement";
@@ -548,6 +550,8 @@ struct Measure<'a> {
     options: &'a Options,
     meter: Meter,
     conn: Option<RedisConn>,
+    /// The bench started Redis and turned its latency monitor on: each run reads its stalls.
+    stalls_watched: bool,
 }
 
 impl Measure<'_> {
@@ -567,6 +571,8 @@ impl Measure<'_> {
         };
         let bar = Bar::new(&format!("{level} {}", subject.label()), total);
         let calls_before = self.fcalls().await;
+        self.forget_stalls().await;
+        let started_unix_s = unix_ms() / 1000;
         let cpu_before = self.meter.sample();
         let finished = driver::run(target, self.options.plan(level, bound), &bar)
             .await
@@ -581,7 +587,29 @@ impl Measure<'_> {
         run.fcalls_per_request = calls_before
             .zip(calls_after)
             .map(|(b, a)| a.saturating_sub(b) as f64 / run.requests.max(1) as f64);
+        run.redis_stalls = self.stalls(started_unix_s).await;
         Ok((run, finished))
+    }
+
+    async fn forget_stalls(&self) {
+        if let (true, Some(conn)) = (self.stalls_watched, &self.conn) {
+            let _ = baseline::forget_stalls(conn).await;
+        }
+    }
+
+    /// Redis's stalls during the run, each placed in the run's second it happened in.
+    async fn stalls(&self, started_unix_s: u64) -> Option<Vec<RedisStallInRun>> {
+        let conn = self.conn.as_ref().filter(|_| self.stalls_watched)?;
+        let stalls = baseline::stalls(conn).await.ok()?;
+        Some(
+            stalls
+                .into_iter()
+                .map(|stall| RedisStallInRun {
+                    second: stall.latest_at_unix_s.saturating_sub(started_unix_s),
+                    stall,
+                })
+                .collect(),
+        )
     }
 
     async fn fcalls(&self) -> Option<u64> {
@@ -826,6 +854,9 @@ struct Bench<'a> {
     redis_version: Option<String>,
 }
 
+/// Redis stalls this long and longer are reported per run (its latency monitor's threshold).
+const REDIS_STALL_THRESHOLD_MS: u64 = 2;
+
 /// SKUs with this many units never sell out during a run.
 const HUGE: u64 = flashcart_core::sku::SkuSpec::MAX_STOCK;
 
@@ -862,6 +893,14 @@ impl<'a> Bench<'a> {
             name: "bench".into(),
             pid: std::process::id(),
         });
+        // Only on the bench's own Redis: turning the monitor on changes the server's settings.
+        let stalls_watched = match (&sale._redis, &sale.conn) {
+            (Some(_), Some(conn)) => {
+                baseline::watch_stalls(conn, REDIS_STALL_THRESHOLD_MS).await?;
+                true
+            }
+            _ => false,
+        };
         Ok(Self {
             options,
             sale,
@@ -871,6 +910,7 @@ impl<'a> Bench<'a> {
                 options,
                 meter: Meter::new(watched),
                 conn: sale.conn.clone(),
+                stalls_watched,
             },
             redis_version,
         })
