@@ -57,6 +57,20 @@ pub enum Bound {
     Duration(Duration),
 }
 
+impl Bound {
+    /// How many requests a run at `level` sends: known unless it is a closed loop bounded
+    /// by time (an open loop sends `rate × duration`, at least one).
+    pub fn requests(self, level: Level) -> Option<u64> {
+        match (self, level) {
+            (Bound::Requests(n), _) => Some(n),
+            (Bound::Duration(d), Level::Open { rate }) => {
+                Some(((d.as_secs_f64() * rate.max(1) as f64).round() as u64).max(1))
+            }
+            (Bound::Duration(_), Level::Closed { .. }) => None,
+        }
+    }
+}
+
 /// One run's plan.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
@@ -147,14 +161,11 @@ impl Schedule {
         let (limit, deadline, interval) = match (plan.level, plan.bound) {
             (Level::Closed { .. }, Bound::Requests(n)) => (n, None, None),
             (Level::Closed { .. }, Bound::Duration(d)) => (u64::MAX, Some(start + d), None),
-            (Level::Open { rate }, bound) => {
-                let rate = rate.max(1);
-                let n = match bound {
-                    Bound::Requests(n) => n,
-                    Bound::Duration(d) => ((d.as_secs_f64() * rate as f64).round() as u64).max(1),
-                };
-                (n, None, Some(Duration::from_secs_f64(1.0 / rate as f64)))
-            }
+            (Level::Open { rate }, bound) => (
+                bound.requests(plan.level).unwrap_or(1),
+                None,
+                Some(Duration::from_secs_f64(1.0 / rate.max(1) as f64)),
+            ),
         };
         Self {
             start,

@@ -221,13 +221,7 @@ impl Options {
     fn drop_buyers(&self, level: Level) -> u64 {
         const CLOSED_LOOP_BUYERS: u64 = 50_000;
         self.drop_buyers.unwrap_or_else(|| {
-            let like_sustained = match (self.bound(), level) {
-                (Bound::Requests(n), _) => n,
-                (Bound::Duration(d), Level::Open { rate }) => {
-                    (d.as_secs_f64() * rate as f64).round() as u64
-                }
-                (Bound::Duration(_), Level::Closed { .. }) => CLOSED_LOOP_BUYERS,
-            };
+            let like_sustained = self.bound().requests(level).unwrap_or(CLOSED_LOOP_BUYERS);
             like_sustained.max(self.drop_stock.saturating_mul(2))
         })
     }
@@ -562,13 +556,7 @@ impl Measure<'_> {
         bound: Bound,
         target: Arc<T>,
     ) -> anyhow::Result<(Run, Finished)> {
-        let total = match (level, bound) {
-            (_, Bound::Requests(n)) => Some(n),
-            (Level::Open { rate }, Bound::Duration(d)) => {
-                Some(((d.as_secs_f64() * rate as f64).round() as u64).max(1))
-            }
-            (Level::Closed { .. }, Bound::Duration(_)) => None,
-        };
+        let total = bound.requests(level);
         let bar = Bar::new(&format!("{level} {}", subject.label()), total);
         let calls_before = self.fcalls().await;
         self.forget_stalls().await;
