@@ -727,6 +727,7 @@ fn redis_nodes_run_the_repository_redis_config() {
     for setting in [
         "appendonly yes",
         "appendfsync everysec",
+        "auto-aof-rewrite-min-size 512mb",
         "maxmemory-policy noeviction",
         "cluster-enabled yes",
         "cluster-require-full-coverage no",

@@ -19,6 +19,7 @@ use flashcart_core::exec::RedisExecutor;
 use flashcart_core::ids::{BuyerId, IdempotencyKey, Quantity, SkuId};
 use flashcart_core::inventory::{Now, ReserveRequest};
 use flashcart_inventory::{NativeInventory, RedisConn};
+use serde::Serialize;
 
 use crate::driver::{Failure, Outcome, Target};
 
@@ -270,15 +271,7 @@ fn stalls_from(reply: &redis::Value) -> Vec<RedisStall> {
 pub async fn command_calls(
     conn: &RedisConn,
 ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-    let info = conn
-        .query(redis::cmd("INFO").arg("commandstats"))
-        .await
-        .context("INFO commandstats")?;
-    let text = match info {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-        redis::Value::VerbatimString { text, .. } => text,
-        other => format!("{other:?}"),
-    };
+    let text = info_section(conn, "commandstats").await?;
     Ok(text
         .lines()
         .filter_map(|l| {
@@ -293,20 +286,89 @@ pub async fn command_calls(
         .collect())
 }
 
+/// Redis's append-only file at one moment (`INFO persistence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AofState {
+    /// `aof_current_size`: the base file and every increment since, bytes.
+    pub size: u64,
+    /// `aof_rewrites`: rewrites since the server started.
+    pub rewrites: u64,
+    /// `aof_rewrite_in_progress`.
+    pub rewriting: bool,
+}
+
+/// What a run appended to the AOF: the figure to size `auto-aof-rewrite-min-size` by.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AofGrowth {
+    /// Bytes appended during the run; `None` when a rewrite ran meanwhile (it replaces the
+    /// files, so the size difference says nothing).
+    pub appended_bytes: Option<u64>,
+    /// Of those, per request.
+    pub bytes_per_request: Option<f64>,
+    /// Rewrites that started or finished during the run.
+    pub rewrites: u64,
+}
+
+impl AofGrowth {
+    /// The growth from `before` to `after`, over `requests` requests.
+    pub fn between(before: AofState, after: AofState, requests: u64) -> Self {
+        let rewrites = after.rewrites.saturating_sub(before.rewrites)
+            + u64::from(after.rewriting && !before.rewriting);
+        let rewritten = rewrites > 0 || before.rewriting || after.size < before.size;
+        let appended_bytes = (!rewritten).then(|| after.size - before.size);
+        Self {
+            appended_bytes,
+            bytes_per_request: appended_bytes.map(|b| b as f64 / requests.max(1) as f64),
+            rewrites,
+        }
+    }
+}
+
+/// The AOF's size and rewrites now; `None` when Redis runs without the AOF.
+///
+/// # Errors
+/// When Redis cannot be reached.
+pub async fn aof(conn: &RedisConn) -> anyhow::Result<Option<AofState>> {
+    let info = info_section(conn, "persistence").await?;
+    Ok(aof_from(&info))
+}
+
+fn aof_from(info: &str) -> Option<AofState> {
+    let field = |name: &str| {
+        info.lines().find_map(|l| {
+            let (k, v) = l.trim().split_once(':')?;
+            (k == name).then(|| v.trim().parse::<u64>().ok()).flatten()
+        })
+    };
+    if field("aof_enabled")? != 1 {
+        return None;
+    }
+    Some(AofState {
+        size: field("aof_current_size")?,
+        rewrites: field("aof_rewrites").unwrap_or(0),
+        rewriting: field("aof_rewrite_in_progress") == Some(1),
+    })
+}
+
+/// One section of `INFO` as text.
+async fn info_section(conn: &RedisConn, section: &str) -> anyhow::Result<String> {
+    let info = conn
+        .query(redis::cmd("INFO").arg(section))
+        .await
+        .with_context(|| format!("INFO {section}"))?;
+    Ok(match info {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => format!("{other:?}"),
+    })
+}
+
 /// A field of `INFO server` (e.g. `process_id`, `redis_version`).
 ///
 /// # Errors
 /// When Redis cannot be reached.
 pub async fn server_info(conn: &RedisConn, field: &str) -> anyhow::Result<Option<String>> {
-    let info = conn
-        .query(redis::cmd("INFO").arg("server"))
-        .await
-        .context("INFO server")?;
-    let text = match info {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-        redis::Value::VerbatimString { text, .. } => text,
-        other => format!("{other:?}"),
-    };
+    let text = info_section(conn, "server").await?;
     Ok(text.lines().find_map(|l| {
         l.strip_prefix(field)
             .and_then(|r| r.strip_prefix(':'))
@@ -343,6 +405,63 @@ mod tests {
             }]
         );
         assert!(stalls_from(&redis::Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn a_rewrite_during_the_run_leaves_the_growth_unknown() {
+        let at = |size, rewrites, rewriting| AofState {
+            size,
+            rewrites,
+            rewriting,
+        };
+        let grown = AofGrowth::between(at(1_000, 2, false), at(41_000, 2, false), 100);
+        assert_eq!(grown.appended_bytes, Some(40_000));
+        assert_eq!(grown.bytes_per_request, Some(400.0));
+        assert_eq!(grown.rewrites, 0);
+        for (before, after) in [
+            (at(1_000, 2, false), at(41_000, 3, false)),
+            (at(1_000, 2, false), at(41_000, 2, true)),
+            (at(1_000, 2, true), at(41_000, 3, false)),
+            (at(50_000, 2, true), at(41_000, 2, true)),
+        ] {
+            let growth = AofGrowth::between(before, after, 100);
+            assert_eq!(growth.appended_bytes, None, "{before:?} → {after:?}");
+            assert_eq!(growth.bytes_per_request, None, "{before:?} → {after:?}");
+        }
+        let info = "# Persistence\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\n\
+                    aof_rewrites:4\r\naof_current_size:2048\r\n";
+        assert_eq!(aof_from(info), Some(at(2048, 4, false)));
+        assert_eq!(aof_from("aof_enabled:0\r\n"), None);
+    }
+
+    #[tokio::test]
+    async fn the_aof_growth_of_writes_is_seen_and_a_rewrite_noticed() -> anyhow::Result<()> {
+        let redis = tokio::task::spawn_blocking(RedisServer::start).await??;
+        let conn = RedisConn::connect(&RedisTarget::Single(redis.url())).await?;
+        let before = aof(&conn).await?.expect("the test Redis runs with the AOF");
+        for i in 0..100 {
+            conn.query(redis::cmd("SET").arg(format!("k{i}")).arg("x".repeat(100)))
+                .await?;
+        }
+        let after = aof(&conn).await?.expect("the AOF");
+        let growth = AofGrowth::between(before, after, 100);
+        let per_set = growth.bytes_per_request.expect("no rewrite ran");
+        // `*3 $3 SET $2 k1 $100 xxx…`: a little over the 100-byte value.
+        assert!((100.0..200.0).contains(&per_set), "{growth:?}");
+        conn.query(&redis::cmd("BGREWRITEAOF")).await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let rewritten = loop {
+            let now = aof(&conn).await?.expect("the AOF");
+            if now.rewrites > after.rewrites && !now.rewriting {
+                break now;
+            }
+            assert!(std::time::Instant::now() < deadline, "no rewrite in 60 s");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let growth = AofGrowth::between(after, rewritten, 100);
+        assert_eq!(growth.appended_bytes, None, "{growth:?}");
+        assert_eq!(growth.rewrites, 1);
+        Ok(())
     }
 
     #[tokio::test]

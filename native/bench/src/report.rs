@@ -8,7 +8,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::baseline::RedisStall;
+use crate::baseline::{AofGrowth, RedisStall};
 use crate::checks::{LedgerCheck, SkuCheck};
 use crate::cpu;
 use crate::driver::{Failure, Finished, Level, Sample};
@@ -197,6 +197,8 @@ pub struct Run {
     /// Stalls Redis's latency monitor saw during the run (`None`: not watched — a Redis the
     /// bench did not start).
     pub redis_stalls: Option<Vec<RedisStallInRun>>,
+    /// What the run appended to Redis's AOF (`None`: no Redis connection, or no AOF).
+    pub aof: Option<AofGrowth>,
 }
 
 impl Run {
@@ -219,6 +221,7 @@ impl Run {
             drop: None,
             timeline: timeline(&t.samples),
             redis_stalls: None,
+            aof: None,
         }
     }
 
@@ -229,6 +232,17 @@ impl Run {
 
     fn count(&self, status: u16) -> u64 {
         self.statuses.get(&status).copied().unwrap_or(0)
+    }
+}
+
+/// A run's AOF growth, for the per-second line.
+fn aof_column(aof: AofGrowth) -> String {
+    match (aof.appended_bytes, aof.bytes_per_request) {
+        (Some(bytes), Some(per_request)) => format!(
+            " | AOF +{:.1} MB, {per_request:.0} B/request",
+            bytes as f64 / 1e6
+        ),
+        _ => format!(" | AOF rewritten ({} rewrite(s))", aof.rewrites),
     }
 }
 
@@ -433,7 +447,7 @@ impl Report {
                     .collect();
                 let _ = writeln!(
                     out,
-                    "{:<8} {:<26} {}{}",
+                    "{:<8} {:<26} {}{}{}",
                     r.level.to_string(),
                     r.subject.label(),
                     seconds.join(" "),
@@ -441,7 +455,8 @@ impl Report {
                         String::new()
                     } else {
                         format!(" | redis stalls: {}", stalls.join(", "))
-                    }
+                    },
+                    r.aof.map(aof_column).unwrap_or_default(),
                 );
             }
         }
@@ -549,6 +564,7 @@ mod tests {
             drop: None,
             timeline: Vec::new(),
             redis_stalls: None,
+            aof: None,
         }
     }
 

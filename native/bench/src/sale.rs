@@ -22,7 +22,7 @@ use flashcart_testkit::RedisServer;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::baseline::{self, DirectReserve, MinimalDeduct};
+use crate::baseline::{self, AofGrowth, AofState, DirectReserve, MinimalDeduct};
 use crate::checks::{self, Readers, SkuCheck};
 use crate::cpu::{self, Meter, Watched};
 use crate::driver::{self, Bound, Finished, Level, Plan, Target};
@@ -559,6 +559,7 @@ impl Measure<'_> {
         let total = bound.requests(level);
         let bar = Bar::new(&format!("{level} {}", subject.label()), total);
         let calls_before = self.fcalls().await;
+        let aof_before = self.aof().await;
         self.forget_stalls().await;
         let started_unix_s = unix_ms() / 1000;
         let cpu_before = self.meter.sample();
@@ -567,6 +568,7 @@ impl Measure<'_> {
             .with_context(|| format!("{} at {level}", subject.label()))?;
         let cpu_after = self.meter.sample();
         let calls_after = self.fcalls().await;
+        let aof_after = self.aof().await;
         bar.0.finish_and_clear();
         let mut run = Run::new(subject, level, &finished);
         run.cpu = self
@@ -576,7 +578,14 @@ impl Measure<'_> {
             .zip(calls_after)
             .map(|(b, a)| a.saturating_sub(b) as f64 / run.requests.max(1) as f64);
         run.redis_stalls = self.stalls(started_unix_s).await;
+        run.aof = aof_before
+            .zip(aof_after)
+            .map(|(before, after)| AofGrowth::between(before, after, run.requests));
         Ok((run, finished))
+    }
+
+    async fn aof(&self) -> Option<AofState> {
+        baseline::aof(self.conn.as_ref()?).await.ok().flatten()
     }
 
     async fn forget_stalls(&self) {

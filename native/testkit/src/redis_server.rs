@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
+/// The Redis settings flashcart ships (`infra/redis/flashcart.conf`): every private server
+/// runs them, so tests and `flashcart bench` see what `./scripts/up.sh` and the cluster run.
+const FLASHCART_CONF: &str = include_str!("../../../infra/redis/flashcart.conf");
+
 fn redis_server_binary() -> String {
     std::env::var("FLASHCART_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
@@ -73,21 +77,23 @@ impl RedisServer {
     }
 
     fn launch(port: u16, dir: &Path, cluster: Option<u64>) -> Result<Child> {
+        let conf = dir.join("flashcart.conf");
+        std::fs::write(&conf, FLASHCART_CONF).context("write flashcart.conf")?;
         let mut cmd = Command::new(redis_server_binary());
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-        .arg("--dir")
-        .arg(dir)
-        .args(["--logfile", "redis.log", "--daemonize", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        cmd.arg(&conf)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .args(["--logfile", "redis.log", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         if let Some(node_timeout_ms) = cluster {
             cmd.args([
                 "--cluster-enabled",
