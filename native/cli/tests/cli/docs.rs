@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use flashcart_testkit::RedisServer;
 
-use crate::node::{self, NodeOptions, Running};
+use crate::node::{self, NodeOptions};
 
 /// One fenced block: its info string (`sh`, `text`) and its lines.
 struct Block {
@@ -159,7 +159,7 @@ fn the_walkthrough_quickstart_and_runbook_run_as_written() {
     let redis = RedisServer::start().expect("redis-server");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let (child, address) = node::up(
+    let (_node, address) = node::up(
         &redis,
         &data,
         &NodeOptions {
@@ -174,7 +174,6 @@ fn the_walkthrough_quickstart_and_runbook_run_as_written() {
             ..NodeOptions::default()
         },
     );
-    let _node = Running(child);
     let cwd = dir.path().join("cwd");
     std::fs::create_dir(&cwd).expect("working dir");
     let env = Env {

@@ -21,7 +21,7 @@ mod trace;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flashcart_testkit::{RedisServer, target_dir};
@@ -86,7 +86,11 @@ fn hello_manifest(dir: &std::path::Path) -> std::path::PathBuf {
 /// Starts `flashcart up` serving the hello component, with settlement on a private
 /// redis-server and its ledger in `dir`: a test never talks to a server on a default
 /// port nor writes into the source tree.
-fn start_up(dir: &tempfile::TempDir, redis: &RedisServer, extra: &[&str]) -> (Child, SocketAddr) {
+fn start_up(
+    dir: &tempfile::TempDir,
+    redis: &RedisServer,
+    extra: &[&str],
+) -> (node::Running, SocketAddr) {
     let manifest = hello_manifest(dir.path());
     let address: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
@@ -103,6 +107,7 @@ fn start_up(dir: &tempfile::TempDir, redis: &RedisServer, extra: &[&str]) -> (Ch
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn flashcart");
+    let child = node::Running::new(child);
     let deadline = Instant::now() + Duration::from_secs(60);
     while get(address, "/.well-known/flashcart/health").is_none() {
         assert!(
@@ -114,7 +119,7 @@ fn start_up(dir: &tempfile::TempDir, redis: &RedisServer, extra: &[&str]) -> (Ch
     (child, address)
 }
 
-fn stop_with(mut child: Child, signal: &str) -> String {
+fn stop_with(mut child: node::Running, signal: &str) -> String {
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -247,31 +252,34 @@ fn up_stops_with_settlements_error_when_settlement_cannot_run() {
     // served on without it would pile up unsettled events. `up` stops and says why.
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = hello_manifest(dir.path());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashcart"))
-        .args(["up", "--from"])
-        .arg(&manifest)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--cache-dir",
-        ])
-        .arg(dir.path().join("cache"))
-        .args(["--redis-cluster", &format!("127.0.0.1:{}", free_port())])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn flashcart");
+    let mut child = node::Running::new(
+        Command::new(env!("CARGO_BIN_EXE_flashcart"))
+            .args(["up", "--from"])
+            .arg(&manifest)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--cache-dir",
+            ])
+            .arg(dir.path().join("cache"))
+            .args(["--redis-cluster", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn flashcart"),
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     let exit = loop {
         if let Some(exit) = child.try_wait().expect("wait") {
             break exit;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("flashcart up kept running without its settlement");
-        }
+        // (Running kills it when the panic unwinds.)
+        assert!(
+            Instant::now() <= deadline,
+            "flashcart up kept running without its settlement"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut stderr = String::new();

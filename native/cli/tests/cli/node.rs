@@ -27,9 +27,30 @@ pub(crate) fn assert_components_built() {
     );
 }
 
-/// Kills the node when the test ends, passed or failed: a failed assertion must not leave a
-/// node running on the machine.
-pub(crate) struct Running(pub(crate) Child);
+/// A started `flashcart up`, killed when the test ends, passed or failed: a failed assertion
+/// (or a node that never became healthy) must not leave a node running on the machine. It
+/// derefs to its [`Child`] for a test that signals or reaps it itself.
+pub(crate) struct Running(Child);
+
+impl Running {
+    /// Owns `child` from now on.
+    pub(crate) fn new(child: Child) -> Self {
+        Self(child)
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -52,7 +73,7 @@ pub(crate) struct NodeOptions<'a> {
 }
 
 /// Starts a node and waits until it answers its health check.
-pub(crate) fn up(redis: &RedisServer, data: &Path, options: &NodeOptions) -> (Child, SocketAddr) {
+pub(crate) fn up(redis: &RedisServer, data: &Path, options: &NodeOptions) -> (Running, SocketAddr) {
     let address: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
         .expect("address");
@@ -89,13 +110,13 @@ pub(crate) fn up(redis: &RedisServer, data: &Path, options: &NodeOptions) -> (Ch
         Some(path) => command.stderr(std::fs::File::create(path).expect("node log")),
         None => command.stderr(Stdio::null()),
     };
-    let child = command.spawn().expect("spawn flashcart up");
+    let node = Running::new(command.spawn().expect("spawn flashcart up"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while get(address, "/.well-known/flashcart/health").is_none() {
         assert!(Instant::now() < deadline, "flashcart up did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, address)
+    (node, address)
 }
 
 /// What became of a request.

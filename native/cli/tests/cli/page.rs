@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 
 use flashcart_core::signature::{SigningSecret, sign};
 use flashcart_testkit::RedisServer;
@@ -15,16 +15,6 @@ use crate::node::{self, ADMIN, NodeOptions};
 
 const SKU: &str = "page-sneaker";
 const STOCK: u64 = 20;
-
-/// Kills the node when the test ends, passed or failed.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Headless Chromium with the flags this machine's closed network needs, a fresh profile,
 /// and virtual time: the page's timers run `budget_ms` of page time, waiting for every fetch.
@@ -170,8 +160,7 @@ fn the_sale_page_shows_a_running_sale_and_its_sell_out() {
     let redis = RedisServer::start().expect("redis-server");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let (child, address) = node::up(&redis, &data, &NodeOptions::default());
-    let _node = Running(child);
+    let (_node, address) = node::up(&redis, &data, &NodeOptions::default());
     node::load_sku(address, SKU, STOCK);
 
     // 12 reservations; 5 of them ordered; 2 of those paid.

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use flashcart_testkit::RedisServer;
 
-use crate::node::{self, NodeOptions, Running};
+use crate::node::{self, NodeOptions};
 
 /// A deduct of one unit for `buyer`, with `x-request-id: request_id` when given: the status,
 /// the `x-request-id` the answer carried, and the body.
@@ -64,8 +64,7 @@ fn a_request_id_leads_from_the_answer_to_the_ledger_rows() {
     let redis = RedisServer::start().expect("redis-server");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let (up, address) = node::up(&redis, &data, &NodeOptions::default());
-    let _node = Running(up);
+    let (_node, address) = node::up(&redis, &data, &NodeOptions::default());
     node::load_sku(address, "traced", 64);
 
     // The caller's id is kept and answered.
