@@ -18,7 +18,7 @@ use flashcart_core::Rejection;
 use flashcart_core::exec::RedisExecutor;
 use flashcart_core::ids::{BuyerId, IdempotencyKey, Quantity, SkuId};
 use flashcart_core::inventory::{Now, ReserveRequest};
-use flashcart_inventory::{NativeInventory, RedisConn};
+use flashcart_inventory::{NativeInventory, RedisConn, info_field};
 use serde::Serialize;
 
 use crate::driver::{Failure, Outcome, Target};
@@ -271,7 +271,10 @@ fn stalls_from(reply: &redis::Value) -> Vec<RedisStall> {
 pub async fn command_calls(
     conn: &RedisConn,
 ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-    let text = info_section(conn, "commandstats").await?;
+    let text = conn
+        .info("commandstats")
+        .await
+        .context("INFO commandstats")?;
     Ok(text
         .lines()
         .filter_map(|l| {
@@ -329,17 +332,12 @@ impl AofGrowth {
 /// # Errors
 /// When Redis cannot be reached.
 pub async fn aof(conn: &RedisConn) -> anyhow::Result<Option<AofState>> {
-    let info = info_section(conn, "persistence").await?;
+    let info = conn.info("persistence").await.context("INFO persistence")?;
     Ok(aof_from(&info))
 }
 
 fn aof_from(info: &str) -> Option<AofState> {
-    let field = |name: &str| {
-        info.lines().find_map(|l| {
-            let (k, v) = l.trim().split_once(':')?;
-            (k == name).then(|| v.trim().parse::<u64>().ok()).flatten()
-        })
-    };
+    let field = |name: &str| info_field::<u64>(info, name);
     if field("aof_enabled")? != 1 {
         return None;
     }
@@ -350,30 +348,13 @@ fn aof_from(info: &str) -> Option<AofState> {
     })
 }
 
-/// One section of `INFO` as text.
-async fn info_section(conn: &RedisConn, section: &str) -> anyhow::Result<String> {
-    let info = conn
-        .query(redis::cmd("INFO").arg(section))
-        .await
-        .with_context(|| format!("INFO {section}"))?;
-    Ok(match info {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-        redis::Value::VerbatimString { text, .. } => text,
-        other => format!("{other:?}"),
-    })
-}
-
 /// A field of `INFO server` (e.g. `process_id`, `redis_version`).
 ///
 /// # Errors
 /// When Redis cannot be reached.
 pub async fn server_info(conn: &RedisConn, field: &str) -> anyhow::Result<Option<String>> {
-    let text = info_section(conn, "server").await?;
-    Ok(text.lines().find_map(|l| {
-        l.strip_prefix(field)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(|v| v.trim().to_owned())
-    }))
+    let text = conn.info("server").await.context("INFO server")?;
+    Ok(info_field(&text, field))
 }
 
 #[cfg(test)]

@@ -201,6 +201,28 @@ impl RedisConn {
             RedisConn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
         }
     }
+
+    /// One section of `INFO` (`persistence`, `server`, `commandstats`, …) as its text; read
+    /// its fields with [`info_field`].
+    ///
+    /// # Errors
+    /// The client's error.
+    pub async fn info(&self, section: &str) -> redis::RedisResult<String> {
+        Ok(match self.query(redis::cmd("INFO").arg(section)).await? {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            redis::Value::SimpleString(s) => s,
+            _ => String::new(),
+        })
+    }
+}
+
+/// The field `name` of an `INFO` text (`name:value` lines), parsed as `T`.
+pub fn info_field<T: std::str::FromStr>(info: &str, name: &str) -> Option<T> {
+    info.lines().find_map(|l| {
+        let (k, v) = l.trim().split_once(':')?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// Classifies a client error with the client's own predicates.

@@ -663,12 +663,6 @@ async fn make_durable(conn: &RedisConn) -> Result<()> {
 
 /// `INFO persistence` as a lookup of its integer fields.
 async fn persistence(conn: &RedisConn) -> Result<impl Fn(&str) -> Option<i64>> {
-    let text =
-        reply::text(&conn.query(redis::cmd("INFO").arg("persistence")).await?).unwrap_or_default();
-    Ok(move |name: &str| {
-        text.lines().find_map(|l| {
-            let (k, v) = l.trim().split_once(':')?;
-            (k == name).then(|| v.parse().ok()).flatten()
-        })
-    })
+    let text = conn.info("persistence").await?;
+    Ok(move |name: &str| flashcart_inventory::info_field(&text, name))
 }
