@@ -292,7 +292,11 @@ pub async fn command_calls(
 /// Redis's append-only file at one moment (`INFO persistence`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AofState {
-    /// `aof_current_size`: the base file and every increment since, bytes.
+    /// What Redis has appended, bytes: `aof_current_size` (the base file and every
+    /// increment written since) plus `aof_buffer_length` (appended but not yet written).
+    /// The buffer counts because with `appendfsync everysec` Redis postpones writing it for
+    /// up to 2 s while the previous fsync is still running; a slow disk leaves most of a
+    /// short run there.
     pub size: u64,
     /// `aof_rewrites`: rewrites since the server started.
     pub rewrites: u64,
@@ -342,7 +346,7 @@ fn aof_from(info: &str) -> Option<AofState> {
         return None;
     }
     Some(AofState {
-        size: field("aof_current_size")?,
+        size: field("aof_current_size")? + field("aof_buffer_length").unwrap_or(0),
         rewrites: field("aof_rewrites").unwrap_or(0),
         rewriting: field("aof_rewrite_in_progress") == Some(1),
     })
@@ -412,6 +416,9 @@ mod tests {
         let info = "# Persistence\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\n\
                     aof_rewrites:4\r\naof_current_size:2048\r\n";
         assert_eq!(aof_from(info), Some(at(2048, 4, false)));
+        // A write postponed behind a running fsync: what waits in the buffer is appended too.
+        let postponed = "aof_enabled:1\r\naof_current_size:152\r\naof_buffer_length:12870\r\n";
+        assert_eq!(aof_from(postponed), Some(at(13_022, 0, false)));
         assert_eq!(aof_from("aof_enabled:0\r\n"), None);
     }
 
