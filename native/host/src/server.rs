@@ -381,7 +381,12 @@ async fn dispatch(
             )
         }
     };
-    component_metrics.record(took, response.status().as_u16());
+    let cache = response.headers().get("flashcart-cache");
+    component_metrics.record(
+        took,
+        response.status().as_u16(),
+        cache.map(HeaderValue::as_bytes),
+    );
     response
 }
 

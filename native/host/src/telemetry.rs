@@ -4,6 +4,8 @@
 //!
 //! Metric names (all prefixed `flashcart_`):
 //! - `requests_total{component,status}` and `request_duration_seconds{component}`;
+//! - `edge_cache_answers_total{component,cache}`: answers a component marked with a
+//!   `Flashcart-Cache` header (where the answer came from: the node's cache or Redis);
 //! - `instantiate_seconds{component}` and `instances_total{component}`: store creation +
 //!   instantiation per instance;
 //! - `redis_clients` (pooled clients), `redis_connects_total`, `redis_connect_seconds`,
@@ -36,6 +38,10 @@ fn describe() {
     describe_counter!(
         "flashcart_requests_total",
         "Requests a component answered, by component and HTTP status."
+    );
+    describe_counter!(
+        "flashcart_edge_cache_answers_total",
+        "Answers a component marked with a Flashcart-Cache header, by component and its value."
     );
     describe_histogram!(
         "flashcart_request_duration_seconds",
@@ -92,6 +98,19 @@ pub struct ComponentMetrics {
     duration: Histogram,
     /// `requests_total` per status code, 100–599, registered on first use.
     answered: Box<[OnceLock<Counter>]>,
+    /// `edge_cache_answers_total` per [`CACHE_ANSWERS`] value, registered on first use.
+    cache_answers: [OnceLock<Counter>; CACHE_ANSWERS.len()],
+}
+
+/// The values of the `Flashcart-Cache` response header that are counted: where flashcart's
+/// stock read (`hit`, `miss`, `stale-on-error`) and deduct (`sold-out`, from the node's
+/// stock map without a Redis call) took their answer from. Any other value is not counted,
+/// so a component cannot grow the label set.
+pub const CACHE_ANSWERS: [&str; 4] = ["hit", "miss", "stale-on-error", "sold-out"];
+
+/// The index in [`CACHE_ANSWERS`] of a `Flashcart-Cache` header value.
+fn cache_answer(value: &[u8]) -> Option<usize> {
+    CACHE_ANSWERS.iter().position(|v| v.as_bytes() == value)
 }
 
 impl ComponentMetrics {
@@ -104,12 +123,25 @@ impl ComponentMetrics {
                 "component" => component.to_owned()
             ),
             answered: (100..600).map(|_| OnceLock::new()).collect(),
+            cache_answers: Default::default(),
         }
     }
 
-    /// Records one request: how long the component took and the status it was answered.
-    pub fn record(&self, seconds: f64, status: u16) {
+    /// Records one request: how long the component took, the status it was answered, and
+    /// its `Flashcart-Cache` header's value if it had one.
+    pub fn record(&self, seconds: f64, status: u16, cache: Option<&[u8]>) {
         self.duration.record(seconds);
+        if let Some(i) = cache.and_then(cache_answer) {
+            self.cache_answers[i]
+                .get_or_init(|| {
+                    metrics::counter!(
+                        "flashcart_edge_cache_answers_total",
+                        "component" => self.component.clone(),
+                        "cache" => CACHE_ANSWERS[i]
+                    )
+                })
+                .increment(1);
+        }
         let Some(slot) = status
             .checked_sub(100)
             .and_then(|i| self.answered.get(usize::from(i)))
@@ -124,5 +156,25 @@ impl ComponentMetrics {
             )
         })
         .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_known_cache_answers_are_counted() {
+        assert_eq!(cache_answer(b"sold-out"), Some(3));
+        assert_eq!(cache_answer(b"hit"), Some(0));
+        assert_eq!(cache_answer(b"stale-on-error"), Some(2));
+        for other in [
+            &b""[..],
+            b"HIT",
+            b"sold-out ",
+            b"anything a component likes",
+        ] {
+            assert_eq!(cache_answer(other), None, "{other:?}");
+        }
     }
 }

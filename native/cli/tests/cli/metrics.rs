@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use flashcart_infra_checks::MetricsDoc;
 use flashcart_testkit::RedisServer;
 
-use crate::node::{self, Answer, NodeOptions};
+use crate::node::{self, NodeOptions};
 use crate::{free_port, get};
 
 /// One scrape: each metric's type (`# TYPE`) and the label names of each of its series.
@@ -61,26 +61,33 @@ impl Scrape {
 }
 
 /// A small sale through the node: a SKU of 16 units, 20 buyers (16 reserve, 4 are told it
-/// is sold out), a stock read.
-fn small_sale(address: SocketAddr) {
+/// is sold out), a stock read. Returns how many sold-out answers came with
+/// `Flashcart-Cache: sold-out` (from the node's stock map, without Redis).
+fn small_sale(address: SocketAddr) -> usize {
     node::load_sku(address, "metrics", 16);
     let mut answers = BTreeMap::new();
+    let mut sold_out_here = 0;
     for id in 0..20 {
-        let answer = node::send(
+        let raw = node::exchange_raw(
             address,
-            "POST",
-            "/v1/stock/metrics/reservations",
-            &format!("k{id}"),
-            &format!("{{\"buyer_id\":\"b{id}\",\"quantity\":1}}"),
+            &node::request(
+                "POST",
+                "/v1/stock/metrics/reservations",
+                &format!("k{id}"),
+                &format!("{{\"buyer_id\":\"b{id}\",\"quantity\":1}}"),
+            ),
         );
-        *answers.entry(format!("{answer:?}")).or_insert(0) += 1;
+        *answers.entry(node::status_of(&raw)).or_insert(0) += 1;
+        let head = raw.split("\r\n\r\n").next().unwrap_or_default();
+        sold_out_here += usize::from(
+            head.lines()
+                .any(|l| l.eq_ignore_ascii_case("flashcart-cache: sold-out")),
+        );
     }
-    assert_eq!(
-        answers.get(&format!("{:?}", Answer::Status(201))),
-        Some(&16),
-        "{answers:?}"
-    );
+    assert_eq!(answers.get(&Some(201)), Some(&16), "{answers:?}");
+    assert_eq!(answers.get(&Some(409)), Some(&4), "{answers:?}");
     assert_eq!(get(address, "/v1/stock/metrics").map(|r| r.0), Some(200));
+    sold_out_here
 }
 
 #[test]
@@ -114,7 +121,7 @@ fn the_documented_metrics_are_exactly_what_a_node_exports() {
             ..NodeOptions::default()
         },
     );
-    small_sale(address);
+    let sold_out_here = small_sale(address);
 
     // Settlement applies the sale's events and its maintenance pass measures the
     // partitions: wait until every metric that a healthy node has is there.
@@ -174,5 +181,21 @@ fn the_documented_metrics_are_exactly_what_a_node_exports() {
         let series =
             format!("flashcart_requests_total{{component=\"deduct\",status=\"{status}\"}} {n}\n");
         assert!(body.contains(&series), "no `{series}` in\n{body}");
+    }
+    // Where the answers came from: the one stock read missed the node's cache (the deducts do
+    // not fill it), and the sold-out answers the client saw marked as the node's own are the
+    // ones counted (a series appears only once counted).
+    let miss = "flashcart_edge_cache_answers_total{component=\"stock-check\",cache=\"miss\"} 1\n";
+    assert!(body.contains(miss), "no `{miss}` in\n{body}");
+    let sold_out = "flashcart_edge_cache_answers_total{component=\"deduct\",cache=\"sold-out\"}";
+    match sold_out_here {
+        0 => assert!(
+            !body.contains(sold_out),
+            "{sold_out} counted, none seen\n{body}"
+        ),
+        n => {
+            let series = format!("{sold_out} {n}\n");
+            assert!(body.contains(&series), "no `{series}` in\n{body}");
+        }
     }
 }
