@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use flashcart_core::Rejection;
-use flashcart_core::ids::{IdempotencyKey, OrderId, SkuId, ValidationError};
+use flashcart_core::ids::{IdempotencyKey, OrderId, RequestId, SkuId, ValidationError};
 use flashcart_core::inventory::Order;
 use flashcart_core::problem::PROBLEM_JSON;
 use flashcart_core::signature;
@@ -606,12 +606,16 @@ pub fn document() -> Value {
         .routed(),
     ];
 
+    // Every answer, the component's or the host's, carries the request's id (the glue sets
+    // it on the component's answer, the host on its own; `info` says what it is).
+    let request_id = json!({ "schema": reference::<RequestId>(g), "required": true });
     let mut paths = Map::new();
     let mut kinds = BTreeSet::new();
     for op in operations {
         let mut body = op.body;
         let responses = body["responses"].as_object_mut().expect("responses");
         for response in responses.values_mut() {
+            response["headers"]["X-Request-Id"] = request_id.clone();
             let Some(why) = response.get("x-why").cloned() else {
                 continue;
             };
@@ -817,5 +821,26 @@ mod tests {
                 .expect("required")
                 .contains(&json!("sku"))
         );
+    }
+
+    #[test]
+    fn every_answer_names_its_request_id() {
+        let doc = document();
+        let mut answers = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                for (status, response) in op["responses"].as_object().expect("responses") {
+                    let header = &response["headers"]["X-Request-Id"];
+                    assert_eq!(header["required"], true, "{method} {path} {status}");
+                    assert_eq!(
+                        header["schema"]["$ref"], "#/components/schemas/RequestId",
+                        "{method} {path} {status}"
+                    );
+                    answers += 1;
+                }
+            }
+        }
+        // Every operation answers at least 404 and 405 besides its own answers.
+        assert!(answers > 2 * doc["paths"].as_object().map_or(0, Map::len));
     }
 }
