@@ -148,6 +148,21 @@ pub async fn exchange(
     token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
+    let (status, body) = exchange_raw(address, method, path, token, body).await?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or_default()))
+}
+
+/// [`exchange`], answering the body as it came (metrics are text, not JSON).
+///
+/// # Errors
+/// As [`exchange`].
+pub async fn exchange_raw(
+    address: SocketAddr,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, Bytes)> {
     let mut sender = connect(address).await?;
     let mut builder = hyper::Request::builder()
         .method(method.clone())
@@ -168,7 +183,7 @@ pub async fn exchange(
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, serde_json::from_slice(&body).unwrap_or_default()))
+        anyhow::Ok((status, body))
     };
     tokio::time::timeout(Duration::from_secs(30), exchange)
         .await

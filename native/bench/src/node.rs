@@ -13,6 +13,10 @@ use tokio::process::{Child, Command};
 /// How long a started process may take to answer its health check (a cold compile of five
 /// components on a busy 2-core machine takes a while).
 const READY_WITHIN: Duration = Duration::from_secs(300);
+/// How long settlement may take to start: its own start-up patience
+/// (`flashcart_settlement::START_PATIENCE`) plus the AOF rewrite that makes new ledger
+/// guards durable (up to 120 s), with room to spare.
+const SETTLEMENT_WITHIN: Duration = Duration::from_secs(180);
 /// How long a process may take to drain and exit after its stop signal.
 const STOP_WITHIN: Duration = Duration::from_secs(30);
 
@@ -91,6 +95,43 @@ impl Process {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Waits until the settlement running inside this node (`flashcart up` without
+    /// `--no-settle`) has finished starting and succeeded once: its
+    /// `flashcart_settle_last_success_timestamp_seconds` on the node's metrics is above 0.
+    /// Its start-up makes the partitions' ledger guards durable — on Redis before 7.2 with an
+    /// AOF rewrite — which must not land in the first measured run.
+    ///
+    /// # Errors
+    /// When the node exits, or settlement has not succeeded within [`SETTLEMENT_WITHIN`].
+    pub async fn wait_settlement_started(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + SETTLEMENT_WITHIN;
+        loop {
+            process_alive(&mut self.child, &self.name, &self.log)?;
+            let scrape = crate::http::exchange_raw(
+                self.address,
+                http::Method::GET,
+                "/.well-known/flashcart/metrics",
+                None,
+                None,
+            )
+            .await;
+            if let Ok((200, text)) = scrape
+                && settlement_succeeded(&String::from_utf8_lossy(&text))
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "settlement in {} has not succeeded within {SETTLEMENT_WITHIN:?}; its log ({}) ends:\n{}",
+                    self.name,
+                    self.log.display(),
+                    tail(&self.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops it with its stop signal and waits for it to exit; kills it after 30 s.
@@ -289,4 +330,29 @@ pub async fn start_wasmtime(
     .await?;
     process.stop_signal = "INT";
     Ok(process)
+}
+
+/// Whether a metrics scrape shows settlement's worker loop has succeeded at least once.
+fn settlement_succeeded(scrape: &str) -> bool {
+    scrape.lines().any(|line| {
+        line.strip_prefix("flashcart_settle_last_success_timestamp_seconds ")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settlement_has_succeeded_once_its_last_success_is_stamped() {
+        let before = "# TYPE flashcart_settle_last_success_timestamp_seconds gauge\n\
+                      flashcart_settle_last_success_timestamp_seconds 0\n";
+        assert!(!settlement_succeeded(before));
+        assert!(!settlement_succeeded("flashcart_requests_total 3\n"));
+        let after = "flashcart_settle_lag{partition=\"p00\"} 0\n\
+                     flashcart_settle_last_success_timestamp_seconds 1796659200.123\n";
+        assert!(settlement_succeeded(after));
+    }
 }

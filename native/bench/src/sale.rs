@@ -394,6 +394,9 @@ impl Sale {
             }
             processes.push(this.start(&format!("node{k}"), logs).await?);
         }
+        // Settlement's start-up (an AOF rewrite on Redis before 7.2) is not the sale's.
+        // (On an error the processes are killed as they drop.)
+        processes[0].wait_settlement_started().await?;
         let conn = RedisConn::connect(&RedisTarget::Single(redis_url.clone()))
             .await
             .context("connecting to the private redis-server")?;
