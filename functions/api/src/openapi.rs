@@ -164,6 +164,19 @@ impl Operation {
         self
     }
 
+    /// An OpenAPI link from the `status` answer (given before it): the operation a client
+    /// calls next with values from this exchange. schemathesis' stateful phase follows them,
+    /// so the contract test reaches the success paths that need an earlier answer's ids.
+    fn link(mut self, status: u16, name: &str, link: Value) -> Self {
+        let response = &mut self.body["responses"][status.to_string()];
+        assert!(
+            response.is_object(),
+            "{name}: link from an undescribed {status}"
+        );
+        response["links"][name] = link;
+        self
+    }
+
     /// Refusals with one status; a second group with the same status joins the first.
     fn refuse(mut self, text: &str, rejections: &[Rejection]) -> Self {
         let status = rejections[0].status();
@@ -347,6 +360,18 @@ pub fn document() -> Value {
             reference::<ReservationView<'_>>(g),
             json!({ "Idempotent-Replayed": replayed["Idempotent-Replayed"], "RateLimit-Policy": rate_policy }),
         )
+        .link(
+            201,
+            "OrderIt",
+            json!({
+                "operationId": "createOrder",
+                "description": "The buyer orders the units held.",
+                "requestBody": {
+                    "reservation_id": "$response.body#/reservation_id",
+                    "buyer_id": "$request.body#/buyer_id",
+                },
+            }),
+        )
         .refuse(
             "Invalid input or missing key; nothing changed.",
             &[sample::invalid(), Rejection::MissingIdempotencyKey],
@@ -396,6 +421,35 @@ pub fn document() -> Value {
                 "Location": { "schema": { "type": "string" }, "required": true,
                     "description": "`/v1/orders/{id}`" },
                 "Idempotent-Replayed": replayed["Idempotent-Replayed"],
+            }),
+        )
+        .link(
+            201,
+            "ReadIt",
+            json!({ "operationId": "getOrder", "parameters": { "id": "$response.body#/id" } }),
+        )
+        .link(
+            201,
+            "CancelIt",
+            json!({
+                "operationId": "cancelOrder",
+                "description": "The buyer cancels it.",
+                "parameters": { "id": "$response.body#/id" },
+                "requestBody": { "buyer_id": "$response.body#/buyer" },
+            }),
+        )
+        .link(
+            201,
+            "PayIt",
+            json!({
+                "operationId": "paymentCallback",
+                "description": "The payment provider reports it paid, in full.",
+                "requestBody": {
+                    "order_id": "$response.body#/id",
+                    "amount": "$response.body#/amount",
+                    "currency": "$response.body#/currency",
+                    "type": "payment.succeeded",
+                },
             }),
         )
         .refuse(
