@@ -148,24 +148,8 @@ pub async fn exchange(
     token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
-    let (status, body) = exchange_raw(address, method, path, token, body).await?;
-    Ok((status, serde_json::from_slice(&body).unwrap_or_default()))
-}
-
-/// [`exchange`], answering the body as it came (metrics are text, not JSON).
-///
-/// # Errors
-/// As [`exchange`].
-pub async fn exchange_raw(
-    address: SocketAddr,
-    method: http::Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&serde_json::Value>,
-) -> anyhow::Result<(u16, Bytes)> {
-    let mut sender = connect(address).await?;
     let mut builder = hyper::Request::builder()
-        .method(method.clone())
+        .method(method)
         .uri(path)
         .header(http::header::HOST, address.to_string());
     if let Some(token) = token {
@@ -178,7 +162,30 @@ pub async fn exchange_raw(
         }
         None => Bytes::new(),
     };
-    let request = builder.body(Full::new(payload))?;
+    let (status, body) = send(address, builder.body(Full::new(payload))?).await?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or_default()))
+}
+
+/// `GET path`: the status and the body as text (a metrics scrape).
+///
+/// # Errors
+/// As [`exchange`].
+pub async fn get_text(address: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let request = hyper::Request::get(path)
+        .header(http::header::HOST, address.to_string())
+        .body(Full::new(Bytes::new()))?;
+    let (status, body) = send(address, request).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Sends `request` on a new connection to `address`: the status and the whole body, within
+/// 30 s.
+async fn send(
+    address: SocketAddr,
+    request: hyper::Request<Full<Bytes>>,
+) -> anyhow::Result<(u16, Bytes)> {
+    let what = format!("{} http://{address}{}", request.method(), request.uri());
+    let mut sender = connect(address).await?;
     let exchange = async {
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
@@ -187,8 +194,8 @@ pub async fn exchange_raw(
     };
     tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
-        .with_context(|| format!("{method} http://{address}{path}: no answer within 30 s"))?
-        .with_context(|| format!("{method} http://{address}{path}"))
+        .with_context(|| format!("{what}: no answer within 30 s"))?
+        .with_context(|| what.clone())
 }
 
 /// Waits until `GET path` on `address` answers 200, checking `alive` between tries.

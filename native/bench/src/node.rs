@@ -109,16 +109,10 @@ impl Process {
         let deadline = tokio::time::Instant::now() + SETTLEMENT_WITHIN;
         loop {
             process_alive(&mut self.child, &self.name, &self.log)?;
-            let scrape = crate::http::exchange_raw(
-                self.address,
-                http::Method::GET,
-                "/.well-known/flashcart/metrics",
-                None,
-                None,
-            )
-            .await;
+            let scrape =
+                crate::http::get_text(self.address, "/.well-known/flashcart/metrics").await;
             if let Ok((200, text)) = scrape
-                && settlement_succeeded(&String::from_utf8_lossy(&text))
+                && settlement_succeeded(&text)
             {
                 return Ok(());
             }
