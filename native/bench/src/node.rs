@@ -328,11 +328,8 @@ pub async fn start_wasmtime(
 
 /// Whether a metrics scrape shows settlement's worker loop has succeeded at least once.
 fn settlement_succeeded(scrape: &str) -> bool {
-    scrape.lines().any(|line| {
-        line.strip_prefix("flashcart_settle_last_success_timestamp_seconds ")
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .is_some_and(|v| v > 0.0)
-    })
+    flashcart_telemetry::series_value(scrape, "flashcart_settle_last_success_timestamp_seconds")
+        .is_some_and(|v| v > 0.0)
 }
 
 #[cfg(test)]

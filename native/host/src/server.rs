@@ -53,6 +53,8 @@ const SPIN_CLIENT_ADDR: http::HeaderName = http::HeaderName::from_static("spin-c
 /// The request's id, given to the component (which writes it into the event its decision
 /// appends) and answered to the caller.
 const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(RequestId::HEADER);
+/// Where a component says its answer came from (counted by `ComponentMetrics::record`).
+const FLASHCART_CACHE: http::HeaderName = http::HeaderName::from_static("flashcart-cache");
 
 /// Sets `name` to `value`, replacing what the client sent under that name; a value that is
 /// not a valid header value (it came from the request itself) is left out.
@@ -381,7 +383,7 @@ async fn dispatch(
             )
         }
     };
-    let cache = response.headers().get("flashcart-cache");
+    let cache = response.headers().get(FLASHCART_CACHE);
     component_metrics.record(
         took,
         response.status().as_u16(),

@@ -285,10 +285,7 @@ impl Metrics {
     /// `flashcart_settle_pending{partition="p03"}` — of the whole process when these metrics
     /// are in the process's registry.
     pub fn value(&self, series: &str) -> Option<f64> {
-        self.render().lines().find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
+        flashcart_telemetry::series_value(&self.render(), series)
     }
 }
 

@@ -13,6 +13,7 @@
 //!   process (several settlements in one test binary).
 //! - [`serve`]: the operator listener, `GET /metrics` and `GET /health`, on hyper.
 //! - [`BUCKETS`]: the latency buckets every histogram uses.
+//! - [`series_value`]: one series' value read back from a rendered scrape.
 #![deny(missing_docs)]
 
 use std::convert::Infallible;
@@ -241,6 +242,17 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response
+}
+
+/// The value of one series in a scrape in the Prometheus text format: `series` is the name
+/// with its labels as rendered, e.g. `flashcart_settle_events_applied_total` or
+/// `flashcart_requests_total{component="deduct",status="201"}`. `None` when the scrape has no
+/// such series.
+pub fn series_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 #[cfg(test)]

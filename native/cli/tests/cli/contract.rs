@@ -119,18 +119,15 @@ fn the_running_node_keeps_the_contract_it_serves() {
     ] {
         let answered = answered(&metrics, component, status);
         assert!(
-            answered > 0,
+            answered > 0.0,
             "no {component} request answered {status} in the run\n{metrics}"
         );
     }
 }
 
 /// `flashcart_requests_total{component,status}` in a scrape, 0 when absent.
-fn answered(metrics: &str, component: &str, status: &str) -> u64 {
+fn answered(metrics: &str, component: &str, status: &str) -> f64 {
     let series =
-        format!("flashcart_requests_total{{component=\"{component}\",status=\"{status}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
-        .unwrap_or(0)
+        format!("flashcart_requests_total{{component=\"{component}\",status=\"{status}\"}}");
+    flashcart_telemetry::series_value(metrics, &series).unwrap_or(0.0)
 }
